@@ -1,0 +1,159 @@
+"""Backend registry and dispatch.
+
+Backends register under the entry-point group ``cellfate_gpu.backends`` (the built-in ones are
+declared in pyproject.toml like any third-party backend would be).  Dispatch rules
+(DESIGN.md §4): an explicit name wins and never falls back; ``"auto"`` picks ``cupy`` when a GPU
+is usable, ``petsc`` under MPI with more than one rank, else ``scipy``, and logs the choice.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from importlib.metadata import entry_points
+from typing import Any
+
+from cellfate_gpu._logging import info
+from cellfate_gpu._settings import settings
+from cellfate_gpu.backends._base import Backend
+from cellfate_gpu.backends._results import EigResult, SchurResult, SolveResult, Status
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "EigResult",
+    "SchurResult",
+    "SolveResult",
+    "Status",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+]
+
+# Used when the package metadata is absent (e.g. running from a source tree without install).
+_BUILTIN = {
+    "scipy": "cellfate_gpu.backends._scipy:ScipyBackend",
+    "cupy": "cellfate_gpu.backends._cupy:CupyBackend",
+    "jax": "cellfate_gpu.backends._jax:JaxBackend",
+    "petsc": "cellfate_gpu.backends._petsc:PetscBackend",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A requested backend cannot run here; the message says why and what to install."""
+
+
+@functools.cache
+def _registry() -> dict[str, str]:
+    found = dict(_BUILTIN)
+    for ep in entry_points(group="cellfate_gpu.backends"):
+        found[ep.name] = ep.value
+    return found
+
+
+def _load_class(name: str) -> type[Backend] | None:
+    target = _registry().get(name)
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError:  # the module itself is missing (not its optional dependency)
+        return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every registered backend with ``None`` if usable, else the reason it is not.
+
+    Examples
+    --------
+    >>> from cellfate_gpu.backends import available_backends
+    >>> available_backends()["scipy"] is None
+    True
+    """
+    out = {}
+    for name in _registry():
+        cls = _load_class(name)
+        out[name] = "its module could not be imported" if cls is None else cls.why_unavailable()
+    return out
+
+
+def _mpi_size() -> int:
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE"):
+        if var in os.environ:
+            try:
+                return int(os.environ[var])
+            except ValueError:
+                pass
+    return 1
+
+
+@functools.cache
+def _instance(name: str) -> Backend:
+    cls = _load_class(name)
+    if cls is None:
+        known = ", ".join(sorted(_registry()))
+        raise ValueError(f"Unknown backend {name!r}; registered backends: {known}.")
+    reason = cls.why_unavailable()
+    if reason is not None:
+        hint = f" Install it with `pip install 'cellfate_gpu[{cls.extra}]'`." if cls.extra else ""
+        raise BackendUnavailableError(f"Backend {name!r} is unavailable: {reason}{hint}")
+    return cls()
+
+
+def _resolve_auto() -> str:
+    reasons = available_backends()
+    if reasons.get("cupy") is None:
+        choice, why = "cupy", "a CUDA device is usable"
+    elif _mpi_size() > 1 and reasons.get("petsc") is None:
+        choice, why = "petsc", f"running under MPI with {_mpi_size()} ranks"
+    else:
+        choice, why = "scipy", "no GPU and no multi-rank MPI run"
+    info("Backend 'auto' chose %r (%s)", choice, why)
+    return choice
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return the backend instance for ``name`` (``None``: ``settings.backend``).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not registered.
+    BackendUnavailableError
+        The backend is registered but cannot run here (never silently replaced).
+    """
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = settings.backend
+    if not isinstance(name, str):
+        raise ValueError(f"backend must be a name or a Backend instance, got {type(name).__name__}.")
+    name = name.lower()
+    if name == "auto":
+        name = _auto_choice()
+    return _instance(name)
+
+
+@functools.cache
+def _auto_choice() -> str:
+    return _resolve_auto()
+
+
+def backend_of(A: Any) -> Backend | None:
+    """The instantiated backend whose native matrix ``A`` is, if any (``None`` for SciPy/NumPy input)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(A):
+        return None
+    for name in _registry():
+        if name == "scipy":
+            continue
+        cls = _load_class(name)
+        if cls is None or cls.why_unavailable() is not None:
+            continue
+        backend = _instance(name)
+        if backend.is_native(A):
+            return backend
+    return None

