@@ -33,7 +33,10 @@ def _initial() -> _Config:
     return _Config(backend=backend, verbosity=_VERBOSITY.get(verbosity, 2))
 
 
-_config: contextvars.ContextVar[_Config] = contextvars.ContextVar("cellfate_gpu_config", default=_initial())
+# _Config is frozen, so sharing the default instance is safe.
+_config: contextvars.ContextVar[_Config] = contextvars.ContextVar(
+    "cellfate_gpu_config", default=_initial()  # noqa: B039
+)
 
 
 class _Settings:

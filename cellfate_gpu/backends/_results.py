@@ -66,7 +66,7 @@ class _Result:
 
 @dataclasses.dataclass(frozen=True)
 class SolveResult(_Result):
-    """Solution of :math:`A X = B` for a block of right-hand sides.
+    r"""Solution of :math:`A X = B` for a block of right-hand sides.
 
     Attributes
     ----------
@@ -86,7 +86,7 @@ class SolveResult(_Result):
 
 @dataclasses.dataclass(frozen=True)
 class SchurResult(_Result):
-    """Partial real Schur decomposition :math:`A Q = Q R`.
+    r"""Partial real Schur decomposition :math:`A Q = Q R`.
 
     Attributes
     ----------
@@ -110,7 +110,7 @@ class SchurResult(_Result):
 
 @dataclasses.dataclass(frozen=True)
 class EigResult(_Result):
-    """Partial eigendecomposition :math:`A V = V \\Lambda` (and :math:`W^H A = \\Lambda W^H`).
+    r"""Partial eigendecomposition :math:`A V = V \\Lambda` (and :math:`W^H A = \\Lambda W^H`).
 
     Attributes
     ----------
