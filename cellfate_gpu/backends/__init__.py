@@ -40,6 +40,10 @@ _BUILTIN = {
 }
 
 
+# The pip extra of each built-in backend, for messages even when its module cannot be imported.
+_EXTRAS = {"cupy": "cuda12", "jax": "jax", "petsc": "petsc"}
+
+
 class BackendUnavailableError(RuntimeError):
     """A requested backend cannot run here; the message says why and what to install."""
 
@@ -52,15 +56,18 @@ def _registry() -> dict[str, str]:
     return found
 
 
-def _load_class(name: str) -> type[Backend] | None:
-    target = _registry().get(name)
-    if target is None:
-        return None
-    module, _, attr = target.partition(":")
+def _load_class(name: str) -> type[Backend]:
+    """Import a registered backend class (ImportError if its module itself cannot be imported)."""
+    module, _, attr = _registry()[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _why_not(name: str) -> str | None:
     try:
-        return getattr(importlib.import_module(module), attr)
-    except ImportError:  # the module itself is missing (not its optional dependency)
-        return None
+        cls = _load_class(name)
+    except ImportError as err:  # the backend module itself is broken, not just its optional dependency
+        return f"its module could not be imported ({err})"
+    return cls.why_unavailable()
 
 
 def available_backends() -> dict[str, str | None]:
@@ -72,11 +79,7 @@ def available_backends() -> dict[str, str | None]:
     >>> available_backends()["scipy"] is None
     True
     """
-    out = {}
-    for name in _registry():
-        cls = _load_class(name)
-        out[name] = "its module could not be imported" if cls is None else cls.why_unavailable()
-    return out
+    return {name: _why_not(name) for name in _registry()}
 
 
 def _mpi_size() -> int:
@@ -91,15 +94,15 @@ def _mpi_size() -> int:
 
 @functools.cache
 def _instance(name: str) -> Backend:
-    cls = _load_class(name)
-    if cls is None:
+    if name not in _registry():
         known = ", ".join(sorted(_registry()))
         raise ValueError(f"Unknown backend {name!r}; registered backends: {known}.")
-    reason = cls.why_unavailable()
+    reason = _why_not(name)
     if reason is not None:
-        hint = f" Install it with `pip install 'cellfate_gpu[{cls.extra}]'`." if cls.extra else ""
-        raise BackendUnavailableError(f"Backend {name!r} is unavailable: {reason}{hint}")
-    return cls()
+        extra = _EXTRAS.get(name) or getattr(_load_class(name), "extra", "")
+        hint = f" Install it with `pip install 'cellfate_gpu[{extra}]'`." if extra else ""
+        raise BackendUnavailableError(f"Backend {name!r} is unavailable: {reason}.{hint}".replace("..", "."))
+    return _load_class(name)()
 
 
 def _resolve_auto() -> str:
@@ -150,8 +153,7 @@ def backend_of(A: Any) -> Backend | None:
     for name in _registry():
         if name == "scipy":
             continue
-        cls = _load_class(name)
-        if cls is None or cls.why_unavailable() is not None:
+        if _why_not(name) is not None:
             continue
         backend = _instance(name)
         if backend.is_native(A):
