@@ -41,6 +41,9 @@ class Backend(abc.ABC):
     #: Whether :meth:`to_host` costs nothing (host backends); lets generic code check
     #: convergence every iteration instead of once per restart.
     host_is_free: bool = False
+    #: Whether backend arrays support item assignment (JAX arrays do not); generic code then
+    #: preallocates Krylov bases instead of stacking lists of vectors.
+    mutable_arrays: bool = True
 
     # ---------------------------------------------------------------- availability
     @classmethod
@@ -88,9 +91,7 @@ class Backend(abc.ABC):
             return A
         if sp.issparse(A):
             return self.from_scipy_csr(sp.csr_matrix(A))
-        raise TypeError(
-            f"Expected a SciPy sparse matrix or a native {self.name!r} matrix, got {type(A).__name__}."
-        )
+        raise TypeError(f"Expected a SciPy sparse matrix or a native {self.name!r} matrix, got {type(A).__name__}.")
 
     # ---------------------------------------------------------------- CSR primitives
     @abc.abstractmethod
@@ -174,12 +175,16 @@ class Backend(abc.ABC):
 
         if method not in {"gmres"}:
             raise ValueError(f"method={method!r} is not offered by the {self.name!r} backend; use 'gmres'.")
-        return block_gmres(
-            self, A, B, tol=tol, maxiter=maxiter, preconditioner=preconditioner, x0=x0, restart=restart
-        )
+        return block_gmres(self, A, B, tol=tol, maxiter=maxiter, preconditioner=preconditioner, x0=x0, restart=restart)
 
     def partial_schur(
-        self, A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None,
+        self,
+        A: Any,
+        k: int,
+        *,
+        which: str = "LR",
+        tol: float = 1e-10,
+        maxiter: int | None = None,
         ncv: int | None = None,
     ) -> SchurResult:
         """Partial real Schur form of native ``A`` (generic Krylov-Schur)."""
@@ -188,8 +193,15 @@ class Backend(abc.ABC):
         return krylov_schur(self, A, k, which=which, tol=tol, maxiter=maxiter, ncv=ncv)
 
     def partial_eig(
-        self, A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None,
-        left: bool = False, vectors: bool = True,
+        self,
+        A: Any,
+        k: int,
+        *,
+        which: str = "LR",
+        tol: float = 1e-10,
+        maxiter: int | None = None,
+        left: bool = False,
+        vectors: bool = True,
     ) -> EigResult:
         """Partial eigendecomposition from the partial Schur form (generic)."""
         from cellfate_gpu.linalg.eig import eig_from_schur

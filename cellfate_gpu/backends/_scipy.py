@@ -119,8 +119,14 @@ class ScipyBackend(Backend):
         if preconditioner == "ilu":
             preconditioner = _ilu_preconditioner(A)
         return super().solve(
-            A, B, method="gmres" if method in {"gmres", "block_gmres"} else method, tol=tol, maxiter=maxiter,
-            preconditioner=preconditioner, x0=x0, restart=restart,
+            A,
+            B,
+            method="gmres" if method in {"gmres", "block_gmres"} else method,
+            tol=tol,
+            maxiter=maxiter,
+            preconditioner=preconditioner,
+            x0=x0,
+            restart=restart,
         )
 
 
@@ -145,6 +151,12 @@ def _direct_solve(A, B) -> SolveResult:
     res = np.linalg.norm(Bm - A @ Xm, axis=0) / np.where(bnorm > 0, bnorm, 1.0)
     status = Status.CONVERGED if np.all(np.isfinite(X)) else Status.BREAKDOWN
     return SolveResult(
-        status=status, iterations=1, matvecs=Xm.shape[1], seconds=time.perf_counter() - start, backend="scipy",
-        X=X, residual_norms=res, method="direct",
+        status=status,
+        iterations=1,
+        matvecs=Xm.shape[1],
+        seconds=time.perf_counter() - start,
+        backend="scipy",
+        X=X,
+        residual_norms=res,
+        method="direct",
     )

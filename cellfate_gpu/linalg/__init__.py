@@ -62,8 +62,15 @@ def _check_maxiter(maxiter) -> None:
 
 
 def partial_schur(
-    A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None,
-    ncv: int | None = None, backend: str | Backend | None = None, throw: bool = True,
+    A: Any,
+    k: int,
+    *,
+    which: str = "LR",
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    ncv: int | None = None,
+    backend: str | Backend | None = None,
+    throw: bool = True,
 ) -> SchurResult:
     r"""Partial real Schur decomposition :math:`A Q = Q R` of the ``k`` eigenvalues selected by ``which``.
 
@@ -123,8 +130,16 @@ def partial_schur(
 
 
 def partial_eig(
-    A: Any, k: int, *, which: str = "LR", tol: float = 1e-10, maxiter: int | None = None, left: bool = False,
-    vectors: bool = True, backend: str | Backend | None = None, throw: bool = True,
+    A: Any,
+    k: int,
+    *,
+    which: str = "LR",
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    left: bool = False,
+    vectors: bool = True,
+    backend: str | Backend | None = None,
+    throw: bool = True,
 ) -> EigResult:
     r"""Partial eigendecomposition :math:`A v_i = \lambda_i v_i` (and left vectors :math:`w_i^H A = \lambda_i w_i^H`).
 
@@ -151,9 +166,17 @@ def partial_eig(
 
 
 def solve(
-    A: Any, B: Any, *, method: str = "auto", tol: float = 1e-10, maxiter: int | None = None,
-    preconditioner: str | None = None, x0: Any = None, restart: int | None = None,
-    backend: str | Backend | None = None, throw: bool = True,
+    A: Any,
+    B: Any,
+    *,
+    method: str = "auto",
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    preconditioner: str | None = None,
+    x0: Any = None,
+    restart: int | None = None,
+    backend: str | Backend | None = None,
+    throw: bool = True,
 ) -> SolveResult:
     r"""Solve :math:`A X = B` for all right-hand sides at once.
 
@@ -210,7 +233,13 @@ def solve(
     ncols = 1 if len(bshape) == 1 else bshape[1]
     with timed("Solving %d linear system(s) of size %d (method=%r, backend=%r)", ncols, n, method, be.name) as t:
         result = be.solve(
-            native, Bb, method=method, tol=tol, maxiter=maxiter, preconditioner=preconditioner, x0=x0,
+            native,
+            Bb,
+            method=method,
+            tol=tol,
+            maxiter=maxiter,
+            preconditioner=preconditioner,
+            x0=x0,
             restart=restart,
         )
         t["note"] = f"matvecs={result.matvecs}"

@@ -1,0 +1,376 @@
+r"""The G-PCCA core on host arrays: Schur-basis conventions, the crispness optimiser, coarse-graining.
+
+Everything here works on small dense host arrays (``n x m`` Schur vectors, ``m x m`` matrices) or on
+one sparse product with T; the partial Schur decomposition itself runs on the kernel's backend
+(:func:`cellfate_gpu.linalg.partial_schur`).
+
+Conventions follow pyGPCCA 1.0.4 (Reuter et al. 2018, 2019) with the uniform input distribution
+:math:`\eta = \mathbf 1 / n` that CellRank uses:
+
+* the Schur vectors :math:`X` (``n x m``) span a dominant invariant subspace, :math:`T X = X R`;
+* they are :math:`\eta`-orthonormal, :math:`X^\top \operatorname{diag}(\eta) X = I`, and the first
+  column is the constant vector :math:`\mathbf 1`;
+* memberships are :math:`\chi = X A` with a *feasible* rotation matrix :math:`A` (``m x m``):
+  :math:`\chi \ge 0` and :math:`\chi \mathbf 1 = \mathbf 1`;
+* crispness (Röblitz & Weber 2013, Eq. 16) is :math:`\operatorname{tr}(\operatorname{diag}(A_{0,:})^{-1}
+  A^\top A) / m \in (0, 1]`, to be maximised.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.optimize as sopt
+import scipy.sparse as sp
+
+__all__ = [
+    "eigengap",
+    "eta_orthonormalize",
+    "splits_conjugate_pair",
+    "indexsearch",
+    "initial_rotation",
+    "fill_rotation",
+    "crispness",
+    "objective_and_gradient",
+    "optimize_lbfgs",
+    "optimize_nelder_mead",
+    "memberships_from_rotation",
+    "min_chi",
+    "coarse_grain",
+    "dense_sorted_schur",
+]
+
+_EPS = np.finfo(np.float64).eps
+
+
+# --------------------------------------------------------------------------------------- spectrum
+def eigengap(evals: np.ndarray, alpha: float = 1.0) -> int:
+    r"""Index of the eigengap among eigenvalues sorted in decreasing real part (CellRank's rule).
+
+    .. math:: k^* = \arg\max_k \; (\lambda_k - \lambda_{k+1}) - \alpha (1 - \lambda_k)
+
+    on the real parts; the number of states suggested by the gap is :math:`k^* + 1`.
+
+    Parameters
+    ----------
+    evals
+        Eigenvalues (complex allowed; only real parts are used), sorted decreasingly by real part.
+    alpha
+        Weight of the penalty for an eigenvalue's distance from one.
+    """
+    ev = np.real(np.asarray(evals))
+    if ev.size < 2:
+        return 0
+    gap = ev[:-1] - ev[1:]
+    return int(np.argmax(gap - alpha * (1.0 - ev[:-1])))
+
+
+def splits_conjugate_pair(evals: np.ndarray, m: int, *, tol: float = 1e-8) -> bool:
+    """Whether taking the first ``m`` eigenvalues cuts a complex-conjugate pair in two.
+
+    True when ``evals[m - 1]`` has a non-zero imaginary part and ``evals[m]`` is its conjugate.
+    """
+    ev = np.asarray(evals)
+    if m < 1 or m >= ev.size:
+        return False
+    last, nxt = ev[m - 1], ev[m]
+    scale = max(1.0, abs(last))
+    return abs(last.imag) > tol * scale and abs(nxt - np.conj(last)) <= 1e-6 * scale
+
+
+# --------------------------------------------------------------------------------------- Schur basis
+def eta_orthonormalize(Q: np.ndarray, R: np.ndarray, *, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    r"""Turn an orthonormal Schur basis into pyGPCCA's convention for uniform :math:`\eta = \mathbf 1/n`.
+
+    Given :math:`T Q = Q R` with :math:`Q^\top Q = I`, return :math:`X = \sqrt n\, Q M` and
+    :math:`R' = M^\top R M` with an orthogonal ``M`` chosen so that :math:`X_{:,0} = \mathbf 1`;
+    then :math:`X^\top \operatorname{diag}(\eta) X = I` and :math:`T X = X R'`.
+
+    When the constant vector is already (up to sign) the first Schur vector (irreducible T, sorted
+    by ``"LR"``), ``M`` is a sign flip and :math:`R'` stays quasi-upper-triangular. Otherwise (several
+    unit eigenvalues) the constant vector is put first and the remaining columns are
+    re-orthonormalised in order by modified Gram-Schmidt, as pyGPCCA's ``_gram_schmidt_mod`` does.
+
+    Raises
+    ------
+    ValueError
+        If the constant vector is not in the span of ``Q`` (T not row-stochastic, or the unit
+        eigenvalue was not among those computed).
+    """
+    n, k = Q.shape
+    u = np.full(n, 1.0 / np.sqrt(n))
+    c = Q.T @ u
+    resid = float(np.linalg.norm(u - Q @ c))
+    if resid > tol:
+        raise ValueError(
+            f"The constant vector is not in the span of the {k} Schur vectors (residual {resid:.3g} > {tol:g}). "
+            "T must be row-stochastic and the Schur decomposition must include the eigenvalue 1 (use which='LR')."
+        )
+    if abs(abs(c[0]) - 1.0) < 1e-8:
+        M = np.eye(k)
+        M[0, 0] = np.sign(c[0])
+    else:
+        # Modified Gram-Schmidt on [c, e_0, ..., e_{k-1}] in coefficient space, dropping dependent columns.
+        cols = [c / np.linalg.norm(c)]
+        for j in range(k):
+            v = np.zeros(k)
+            v[j] = 1.0
+            for b in cols:
+                v = v - (b @ v) * b
+            nv = np.linalg.norm(v)
+            if nv > 1e-8 and len(cols) < k:
+                cols.append(v / nv)
+        M = np.column_stack(cols)
+    X = np.sqrt(n) * (Q @ M)
+    X[:, 0] = 1.0
+    return X, M.T @ R @ M
+
+
+def dense_sorted_schur(T: Any, k: int, which: str = "LR") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Dense reference: real Schur form with the ``k`` eigenvalues selected by ``which`` leading, in order.
+
+    ``scipy.linalg.schur`` followed by LAPACK ``trsen`` reordering, one eigenvalue (or conjugate pair)
+    at a time, so that for every ``j`` the first ``j`` columns span the dominant invariant subspace.
+    Meant for small ``n`` (tests, references); complex-conjugate pairs at position ``k`` are kept
+    together (``k + 1`` columns are returned).
+
+    Returns
+    -------
+    Q, R, eigenvalues
+        ``n x k'`` orthonormal, ``k' x k'`` quasi-upper-triangular, the ``k'`` eigenvalues in order.
+    """
+    A = T.toarray() if sp.issparse(T) else np.asarray(T, dtype=np.float64)
+    R, Q = sla.schur(A, output="real")
+    n = A.shape[0]
+    key = {"LR": lambda z: -z.real, "LM": lambda z: -abs(z), "SR": lambda z: z.real, "SM": lambda z: abs(z)}[which]
+    for j in range(min(k + 1, n)):
+        ev = _quasi_eigs(R)
+        order = np.argsort([key(z) + 1e-12 * (-z.imag) for z in ev], kind="stable")
+        target = order[: j + 1]
+        select = np.zeros(n, dtype=np.int32)
+        select[target] = 1
+        # keep pairs together
+        for i in target:
+            if abs(ev[i].imag) > 0:
+                partner = np.argmin(np.abs(ev - np.conj(ev[i])) + (np.arange(n) == i) * 1e300)
+                select[partner] = 1
+        res = sla.lapack.dtrsen(select, R, Q, job="N", wantq=1)
+        R, Q = res[0], res[1]
+    ev = _quasi_eigs(R)
+    kk = k + 1 if (k < n and abs(ev[k - 1].imag) > 0 and np.isclose(ev[k], np.conj(ev[k - 1]))) else k
+    return Q[:, :kk], R[:kk, :kk], ev[:kk]
+
+
+def _quasi_eigs(R: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a quasi-upper-triangular matrix in the order of its diagonal blocks."""
+    n = R.shape[0]
+    out = np.empty(n, dtype=complex)
+    i = 0
+    while i < n:
+        if i + 1 < n and abs(R[i + 1, i]) > 0:
+            out[i : i + 2] = np.linalg.eigvals(R[i : i + 2, i : i + 2])
+            out[i : i + 2] = sorted(out[i : i + 2], key=lambda z: -z.imag)
+            i += 2
+        else:
+            out[i] = R[i, i]
+            i += 1
+    return out
+
+
+# --------------------------------------------------------------------------------------- rotation
+def indexsearch(X: np.ndarray) -> np.ndarray:
+    """Inner simplex algorithm: indices of ``m`` rows of ``X`` spanning a maximal simplex (pyGPCCA's ``_indexsearch``).
+
+    The first vertex is the row of largest norm; each further vertex is the row farthest from the
+    affine span of the vertices found so far (Gram-Schmidt deflation of the translated rows).
+    """
+    n, m = X.shape
+    if n < m:
+        raise ValueError(f"Schur vectors of shape {X.shape} have more columns than rows.")
+    diffs = np.ptp(X, axis=0)
+    if diffs[0] > 1e-6:
+        raise ValueError(f"The first Schur vector is not constant (range {diffs[0]:.3g}); sort the Schur vectors by 'LR'.")
+    if np.any(diffs[1:] <= 1e-6):
+        raise ValueError(f"{int(np.sum(diffs[1:] <= 1e-6))} Schur vector(s) after the first one are constant.")
+    ortho = X.copy()
+    index = np.zeros(m, dtype=np.int64)
+    index[0] = int(np.argmax(np.linalg.norm(ortho, axis=1)))
+    ortho -= ortho[index[0]]
+    for j in range(1, m):
+        # pyGPCCA deflates row by row sequentially; with a fixed direction this equals a projection.
+        temp = ortho[index[j - 1]].copy()
+        ortho -= np.outer(ortho @ temp, temp)
+        dist = np.linalg.norm(ortho, axis=1)
+        index[j] = int(np.argmax(dist))
+        ortho /= dist[index[j]]
+    return index
+
+
+def initial_rotation(X: np.ndarray) -> np.ndarray:
+    """Initial (possibly infeasible) rotation ``pinv(X[index])`` from the inner simplex vertices."""
+    index = indexsearch(X)
+    cond = np.linalg.cond(X[index])
+    if cond >= 1.0 / _EPS:
+        raise ValueError(f"The simplex vertices X[index] are singular (condition number {cond:.3g}).")
+    if cond > 1e4:
+        warnings.warn(f"The simplex vertices X[index] are ill-conditioned (condition number {cond:.3g}).")
+    return np.linalg.pinv(X[index])
+
+
+def fill_rotation(alpha: np.ndarray, X: np.ndarray) -> np.ndarray:
+    r"""Complete ``A[1:, 1:] = alpha`` to a feasible rotation matrix (pyGPCCA's ``_fill_matrix``).
+
+    .. math::
+        A_{i,0} = -\textstyle\sum_{j\ge1} A_{ij}\ (i \ge 1), \qquad
+        A_{0,j} = \max_l \big(-X_{l,1:} A_{1:,j}\big), \qquad A \leftarrow A / \textstyle\sum_j A_{0,j}.
+
+    Returns the matrix even when a first-row entry is not positive (the caller decides).
+    """
+    m = X.shape[1]
+    A = np.zeros((m, m))
+    A[1:, 1:] = np.reshape(alpha, (m - 1, m - 1))
+    A[1:, 0] = -A[1:, 1:].sum(axis=1)
+    A[0, :] = np.max(-(X[:, 1:] @ A[1:, :]), axis=0)
+    return A / A[0, :].sum()
+
+
+def crispness(A: np.ndarray) -> float:
+    r"""Crispness :math:`\operatorname{tr}(\operatorname{diag}(A_{0,:})^{-1} A^\top A) / m` of a feasible ``A``."""
+    return float(np.sum(np.sum(A**2, axis=0) / A[0, :]) / A.shape[0])
+
+
+def objective_and_gradient(alpha: np.ndarray, X: np.ndarray) -> tuple[float, np.ndarray]:
+    r"""pyGPCCA's objective :math:`f = m - \operatorname{tr}(\operatorname{diag}(A_{0,:})^{-1} A^\top A)` and its gradient.
+
+    With :math:`B = \tilde A_{1:,:}` (before scaling), :math:`a_j = \max_l(-X_{l,1:} B_{:,j})` attained
+    at :math:`l_j^*`, :math:`s = \sum_j a_j`, :math:`c_j = \lVert B_{:,j} \rVert^2` and
+    :math:`h = \sum_j c_j / a_j`, the scale invariance gives :math:`f = m - 1 - h / s`, so
+
+    .. math::
+        \frac{\partial f}{\partial B_{:,j}} = -\frac1s\Big(\frac{2 B_{:,j}}{a_j} + \frac{c_j}{a_j^2} x_j\Big)
+            - \frac{h}{s^2} x_j, \qquad x_j = X_{l_j^*, 1:}^\top,
+
+    and :math:`\partial f / \partial \alpha_{:,j} = \partial f / \partial B_{:,j+1} - \partial f / \partial B_{:,0}`
+    because :math:`B_{:,0} = -\sum_j \alpha_{:,j}`. The max makes ``f`` piecewise smooth; the
+    gradient is the one of the active piece. Infeasible points (some :math:`a_j \le 0`) get a large
+    value with a gradient pushing :math:`a_j` up.
+    """
+    m = X.shape[1]
+    k = m - 1
+    X1 = X[:, 1:]
+    B = np.zeros((k, m))
+    B[:, 1:] = np.reshape(alpha, (k, k))
+    B[:, 0] = -B[:, 1:].sum(axis=1)
+    vals = -(X1 @ B)  # n x m
+    lstar = np.argmax(vals, axis=0)
+    a = vals[lstar, np.arange(m)]
+    xs = X1[lstar].T  # k x m, column j = X1[l*_j]
+    if np.any(a <= 1e-12):
+        # Penalty: push the non-positive first-row entries up (d a_j / d B_j = -x_j).
+        bad = a <= 1e-12
+        f = 1e6 * (1.0 + np.sum(1e-12 - a[bad]))
+        G = np.zeros((k, m))
+        G[:, bad] = 1e6 * xs[:, bad]
+    else:
+        s = a.sum()
+        c = np.sum(B**2, axis=0)
+        h = np.sum(c / a)
+        f = m - 1.0 - h / s
+        G = -(2.0 * B / a + (c / a**2) * xs) / s - (h / s**2) * xs
+    grad = G[:, 1:] - G[:, [0]]
+    return float(f), grad.ravel()
+
+
+def optimize_lbfgs(
+    X: np.ndarray, *, n_restarts: int = 4, seed: int = 0, maxiter: int = 2000
+) -> tuple[np.ndarray, float]:
+    r"""Maximise crispness with L-BFGS-B and an analytic gradient, from the inner-simplex start plus restarts.
+
+    The first run starts at pyGPCCA's initial rotation (inner simplex algorithm); ``n_restarts`` more
+    start from it perturbed by seeded Gaussian noise of relative size 5%. Each run alternates
+    L-BFGS-B with a derivative-free polish when L-BFGS stops at a kink of the max. The best
+    feasible rotation is kept.
+
+    Returns
+    -------
+    A, crispness
+        Feasible ``m x m`` rotation matrix and its crispness.
+    """
+    m = X.shape[1]
+    A0 = initial_rotation(X)
+    alpha0 = A0[1:, 1:].ravel()
+    rng = np.random.default_rng(seed)
+    starts = [alpha0] + [
+        alpha0 + 0.05 * np.linalg.norm(alpha0) / max(1, alpha0.size) ** 0.5 * rng.standard_normal(alpha0.size)
+        for _ in range(n_restarts)
+    ]
+    best_A, best_c = None, -np.inf
+    for start in starts:
+        x = start
+        fx = objective_and_gradient(x, X)[0]
+        for _ in range(5):
+            res = sopt.minimize(
+                objective_and_gradient, x, args=(X,), jac=True, method="L-BFGS-B",
+                options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12},
+            )
+            if res.fun < fx - 1e-12:
+                x, fx = res.x, float(res.fun)
+            # L-BFGS stalls at kinks of the max; a short Powell pass steps across them.
+            res2 = sopt.minimize(
+                lambda z: objective_and_gradient(z, X)[0], x, method="Powell",
+                options={"xtol": 1e-8, "ftol": 1e-13, "maxfev": 200 * x.size},
+            )
+            if res2.fun < fx - 1e-12:
+                x, fx = res2.x, float(res2.fun)
+            else:
+                break
+        A = fill_rotation(x, X)
+        if np.all(A[0, :] > 0):
+            c = crispness(A)
+            if c > best_c:
+                best_A, best_c = A, c
+    if best_A is None:
+        raise ValueError("G-PCCA optimisation found no feasible rotation matrix; try another number of states.")
+    return best_A, best_c
+
+
+def optimize_nelder_mead(X: np.ndarray) -> tuple[np.ndarray, float]:
+    """pyGPCCA's own optimisation (Nelder-Mead from the inner-simplex start), for exact parity.
+
+    Uses the private functions ``pygpcca._gpcca._initialize_rot_matrix`` and ``pygpcca._gpcca._opt_soft``
+    (pyGPCCA 1.0.4), which are exactly what :meth:`pygpcca.GPCCA.optimize` runs on its Schur vectors;
+    the public API would recompute the Schur decomposition on the host.
+    """
+    try:
+        from pygpcca._gpcca import _initialize_rot_matrix, _opt_soft
+    except ImportError as e:  # pragma: no cover - pygpcca is a dependency
+        raise ImportError("optimizer='nelder-mead' needs pyGPCCA: pip install pygpcca") from e
+    A, _, fopt = _opt_soft(X, _initialize_rot_matrix(X))
+    return A, float((X.shape[1] - fopt) / X.shape[1])
+
+
+def memberships_from_rotation(X: np.ndarray, A: np.ndarray) -> np.ndarray:
+    r"""Memberships :math:`\chi = X A`, tiny negatives clipped, rows renormalised to sum to one."""
+    chi = X @ A
+    if np.any(chi < -1e-8):
+        raise ValueError(f"Memberships are significantly negative (min {chi.min():.3g}); the rotation is infeasible.")
+    chi = np.clip(chi, 0.0, None)
+    return chi / chi.sum(axis=1, keepdims=True)
+
+
+def min_chi(X: np.ndarray, m: int) -> float:
+    """The minChi indicator of ``m`` clusters: smallest entry of ``X[:, :m] pinv(X[index, :m])``."""
+    Xm = X[:, :m]
+    return float(np.min(Xm @ initial_rotation(Xm)))
+
+
+def coarse_grain(T_times_chi: np.ndarray, chi: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    r"""Coarse-grained transition matrix :math:`T_c = (\chi^\top D \chi)^{-1} (\chi^\top D T \chi)`, :math:`D = \operatorname{diag}(\eta)`.
+
+    ``T_times_chi`` is :math:`T \chi` (one SpMM on the backend, done by the caller).
+    """
+    W = np.linalg.pinv(chi.T @ (chi * eta[:, None]))
+    return W @ ((chi * eta[:, None]).T @ T_times_chi)

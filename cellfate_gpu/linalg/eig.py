@@ -1,0 +1,89 @@
+r"""Partial eigendecompositions from partial Schur forms.
+
+With :math:`A Q = Q R` and :math:`R Y = Y \Lambda` (a small dense problem on the host), the
+right eigenvectors are :math:`V = Q Y`. Left eigenvectors :math:`w^H A = \lambda w^H` are the right
+eigenvectors of :math:`A^T`, from a second partial Schur form.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+
+from cellfate_gpu.backends._results import EigResult, Status
+from cellfate_gpu.linalg.krylov_schur import sort_key
+
+__all__ = ["eig_from_schur", "vectors_from_schur"]
+
+
+def vectors_from_schur(backend, schur, k: int) -> tuple[np.ndarray, Any]:
+    """Eigenvalues (host, sorted by ``schur.which``) and eigenvectors ``Q Y`` (backend) of the first ``k``.
+
+    Vectors are real when every selected eigenvalue is real, else complex; each has unit norm.
+    """
+    lam, Y = sla.eig(schur.R)
+    order = np.argsort(-sort_key(schur.which)(lam), kind="stable")[:k]
+    lam, Y = lam[order], Y[:, order]
+    if np.all(lam.imag == 0):
+        lam, Y = lam.real, Y.real
+    Y = Y / np.linalg.norm(Y, axis=0)
+    xp = backend.xp
+    Q = schur.Q
+    if np.iscomplexobj(Y):
+        Yr, Yi = backend.asarray(np.ascontiguousarray(Y.real)), backend.asarray(np.ascontiguousarray(Y.imag))
+        V = xp.astype(Q @ Yr, xp.complex128) + 1j * xp.astype(Q @ Yi, xp.complex128)
+    else:
+        V = Q @ backend.asarray(np.ascontiguousarray(Y))
+    return lam, V
+
+
+def eig_from_schur(
+    backend,
+    A: Any,
+    k: int,
+    *,
+    which: str = "LR",
+    tol: float = 1e-10,
+    maxiter: int | None = None,
+    left: bool = False,
+    vectors: bool = True,
+) -> EigResult:
+    """The ``k`` eigenvalues selected by ``which`` with right (and optionally left) eigenvectors."""
+    from cellfate_gpu.linalg.krylov_schur import krylov_schur
+
+    start = time.perf_counter()
+    right = krylov_schur(backend, A, k, which=which, tol=tol, maxiter=maxiter)
+    if right.R is None:
+        return EigResult(
+            status=right.status,
+            iterations=right.iterations,
+            matvecs=right.matvecs,
+            seconds=time.perf_counter() - start,
+            backend=backend.name,
+            which=which,
+        )
+    lam, V = vectors_from_schur(backend, right, k)
+    status, iterations, matvecs = right.status, right.iterations, right.matvecs
+    W = None
+    if left:
+        lschur = krylov_schur(backend, backend.transpose(A), k, which=which, tol=tol, maxiter=maxiter)
+        iterations, matvecs = iterations + lschur.iterations, matvecs + lschur.matvecs
+        if lschur.status is not Status.CONVERGED:
+            status = lschur.status
+        if lschur.R is not None:
+            _, W = vectors_from_schur(backend, lschur, k)
+    return EigResult(
+        status=status,
+        iterations=iterations,
+        matvecs=matvecs,
+        seconds=time.perf_counter() - start,
+        backend=backend.name,
+        eigenvalues=np.asarray(lam),
+        vectors=V if vectors else None,
+        left_vectors=W,
+        residual_norms=right.residual_norms,
+        which=which,
+    )
