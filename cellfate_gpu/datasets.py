@@ -1,0 +1,216 @@
+"""Data sets: the generated branching atlas (the embedded default) and CellRank's public data sets.
+
+:func:`synthetic_atlas` needs no download: it generates a branching differentiation with
+everything the kernels and estimators read. :func:`load` fetches CellRank's real data sets into a
+local cache (see :mod:`cellfate_gpu._remote_datasets`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellfate_gpu._logging import info, timed
+from cellfate_gpu._remote_datasets import REMOTE_DATASETS, cache_dir, load
+
+__all__ = ["synthetic_atlas", "load", "REMOTE_DATASETS", "lineage_names"]
+
+_TRUNK_END = 0.3  # pseudotime where the trunk branches
+_PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+]
+
+
+def lineage_names(n_lineages: int) -> list[str]:
+    """Names of the terminal clusters: ``Lineage_A``, ``Lineage_B``, ..."""
+    letters = string.ascii_uppercase
+    return [f"Lineage_{letters[i % 26]}{'' if i < 26 else i // 26}" for i in range(n_lineages)]
+
+
+def _knn_graph(latent: np.ndarray, n_neighbors: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """KNN distances and UMAP-style fuzzy-union connectivities (vectorised, both cores)."""
+    from scipy.spatial import cKDTree
+
+    n = latent.shape[0]
+    dist, idx = cKDTree(latent).query(latent, k=n_neighbors + 1, workers=-1)
+    dist, idx = dist[:, 1:], idx[:, 1:]  # drop the cell itself
+    rows = np.repeat(np.arange(n), n_neighbors)
+    distances = sp.csr_matrix((dist.ravel(), (rows, idx.ravel())), shape=(n, n))
+    rho = dist[:, :1]
+    sigma = np.maximum(dist.mean(axis=1, keepdims=True) - rho, 1e-12)
+    w = np.exp(-np.maximum(dist - rho, 0.0) / sigma)
+    W = sp.csr_matrix((w.ravel(), (rows, idx.ravel())), shape=(n, n))
+    conn = W + W.T - W.multiply(W.T)  # fuzzy union, symmetric
+    conn = sp.csr_matrix(conn)
+    conn.sum_duplicates()
+    conn.eliminate_zeros()
+    return distances, conn
+
+
+def _cache_path(params: dict) -> "Path":  # noqa: F821, UP037
+    digest = hashlib.sha1(repr(sorted(params.items())).encode()).hexdigest()[:12]
+    return cache_dir() / f"synthetic_atlas_{params['n_cells']}_{digest}.h5ad"
+
+
+def synthetic_atlas(
+    n_cells: int = 3000,
+    n_lineages: int = 3,
+    n_genes: int = 100,
+    n_neighbors: int = 15,
+    seed: int = 0,
+    cache: bool = True,
+):
+    r"""A branching differentiation: a root and a progenitor trunk, then ``n_lineages`` branches.
+
+    Every cell gets a true pseudotime :math:`t \in [0, 1]`. The trunk covers :math:`t < 0.3`
+    (clusters ``Root``, ``Progenitor``); branch ``b`` covers :math:`t \ge 0.3` (clusters
+    ``Lineage_X_early`` for :math:`t < 0.7` and the terminal ``Lineage_X``). Gene programmes:
+    stemness genes :math:`\mu = a\,e^{-3t}` (expressed early, so the number of expressed genes
+    falls with :math:`t`, as CytoTRACE assumes), branch genes
+    :math:`\mu = a\,\sigma(10 (t - 0.55))` on their branch only, and housekeeping genes. Velocity is
+    the analytic :math:`d\mu/dt` plus noise; ``Mu = Ms + velocity`` (steady-state model with
+    :math:`\gamma = 1`).
+
+    Parameters
+    ----------
+    n_cells, n_lineages, n_genes, n_neighbors
+        Sizes; ``n_neighbors`` of the kNN graph.
+    seed
+        Everything is deterministic given the seed.
+    cache
+        For ``n_cells >= 100_000``, read/write the result under ``cache_dir()``.
+
+    Returns
+    -------
+    anndata.AnnData
+        ``X`` (counts, sparse float32), layers ``spliced``, ``unspliced``, ``Ms``, ``Mu``, ``velocity``;
+        ``obs``: ``clusters`` (categorical, with ``uns['clusters_colors']``), ``pseudotime`` and
+        ``dpt_pseudotime`` (same), ``lineage``, ``is_terminal``; ``var['velocity_genes']``;
+        ``obsm``: ``X_umap``, ``X_pca``; ``obsp``: ``connectivities``, ``distances``; ``uns['neighbors']``.
+    """
+    import anndata as ad
+
+    if n_cells < 10 * (n_lineages + 2) or n_lineages < 1 or n_genes < 3 or n_neighbors < 2:
+        raise ValueError(
+            f"synthetic_atlas needs n_cells >= 10 * (n_lineages + 2), n_lineages >= 1, n_genes >= 3, "
+            f"n_neighbors >= 2; got n_cells={n_cells}, n_lineages={n_lineages}, n_genes={n_genes}, "
+            f"n_neighbors={n_neighbors}."
+        )
+    params = dict(n_cells=n_cells, n_lineages=n_lineages, n_genes=n_genes, n_neighbors=n_neighbors, seed=seed)
+    path = _cache_path(params)
+    if cache and n_cells >= 100_000 and path.is_file():
+        info("Loading the generated atlas from %s", path)
+        return ad.read_h5ad(path)
+
+    with timed("Generating a branching atlas with %d cells, %d lineages, %d genes", n_cells, n_lineages, n_genes):
+        rng = np.random.default_rng(seed)
+        names = lineage_names(n_lineages)
+        n_trunk = int(round(n_cells * _TRUNK_END))
+        branch = np.concatenate([np.full(n_trunk, -1), rng.integers(0, n_lineages, n_cells - n_trunk)])
+        t = np.where(branch < 0, rng.uniform(0, _TRUNK_END, n_cells), rng.uniform(_TRUNK_END, 1.0, n_cells))
+        order = np.argsort(t, kind="stable")
+        t, branch = t[order], branch[order]
+
+        # 2-D embedding: trunk along x, branches fanning out over +-70 degrees.
+        angles = np.linspace(-70, 70, n_lineages) if n_lineages > 1 else np.array([0.0])
+        directions = np.c_[np.cos(np.deg2rad(angles)), np.sin(np.deg2rad(angles))]
+        trunk_len = 3.0
+        umap = np.zeros((n_cells, 2))
+        umap[:, 0] = np.minimum(t, _TRUNK_END) / _TRUNK_END * trunk_len
+        on_branch = branch >= 0
+        umap[on_branch] += (t[on_branch, None] - _TRUNK_END) / (1 - _TRUNK_END) * 8.0 * directions[branch[on_branch]]
+        umap += rng.normal(scale=0.12, size=umap.shape)
+        latent = np.c_[umap, rng.normal(scale=0.05, size=(n_cells, 3))]
+
+        # Gene programmes.
+        kinds = rng.choice(3, size=n_genes, p=[0.3, 0.6, 0.1])  # stemness, branch, housekeeping
+        kinds[: min(3, n_genes)] = [0, 1, 2][: min(3, n_genes)]
+        gene_branch = rng.integers(0, n_lineages, n_genes)
+        amplitude = rng.lognormal(mean=1.5, sigma=0.5, size=n_genes)
+        s = 1.0 / (1.0 + np.exp(-10.0 * (t[:, None] - 0.55)))
+        same = branch[:, None] == gene_branch[None, :]
+        mu = np.where(kinds == 0, np.exp(-3.0 * t[:, None]), 0.0)
+        dmu = np.where(kinds == 0, -3.0 * np.exp(-3.0 * t[:, None]), 0.0)
+        mu = mu + np.where((kinds == 1) & same, s, 0.0) + np.where(kinds == 2, 0.5, 0.0)
+        dmu = dmu + np.where((kinds == 1) & same, 10.0 * s * (1.0 - s), 0.0)
+        mu *= amplitude
+        dmu *= amplitude
+        del s, same
+        Ms = (mu * rng.lognormal(sigma=0.05, size=mu.shape)).astype(np.float32)
+        velocity = (dmu * 0.1 + rng.normal(scale=0.02, size=mu.shape) * amplitude).astype(np.float32)
+        Mu = np.maximum(Ms + velocity, 0).astype(np.float32)
+        spliced = sp.csr_matrix(rng.poisson(Ms).astype(np.float32))
+        unspliced = sp.csr_matrix(rng.poisson(Mu).astype(np.float32))
+        del mu, dmu
+
+        distances, conn = _knn_graph(latent, n_neighbors)
+        clusters = np.where(
+            branch < 0,
+            np.where(t < _TRUNK_END / 2, "Root", "Progenitor"),
+            np.where(t < 0.7, np.array([f"{n}_early" for n in names] + [""])[branch], np.array(names + [""])[branch]),
+        )
+        categories = ["Root", "Progenitor"] + [f"{n}_early" for n in names] + names
+        obs = pd.DataFrame(
+            {
+                "clusters": pd.Categorical(clusters, categories=categories),
+                "pseudotime": t,
+                "dpt_pseudotime": t,
+                "lineage": pd.Categorical(
+                    np.where(branch < 0, "Root", np.array(names + [""])[branch]), categories=["Root", *names]
+                ),
+                "is_terminal": (branch >= 0) & (t >= 0.9),
+            },
+            index=[f"cell_{i}" for i in range(n_cells)],
+        )
+        kind_names = np.array(["stemness", "branch", "housekeeping"])[kinds]
+        var = pd.DataFrame(
+            {
+                "program": kind_names,
+                "branch": np.where(kinds == 1, np.array(names)[gene_branch], ""),
+                "velocity_genes": kinds != 2,
+            },
+            index=[f"gene_{g}" for g in range(n_genes)],
+        )
+        adata = ad.AnnData(X=spliced.copy(), obs=obs, var=var)
+        adata.layers["spliced"] = spliced
+        adata.layers["unspliced"] = unspliced
+        adata.layers["Ms"] = Ms
+        adata.layers["Mu"] = Mu
+        adata.layers["velocity"] = velocity
+        adata.obsm["X_umap"] = umap.astype(np.float32)
+        adata.obsm["X_pca"] = latent.astype(np.float32)
+        adata.obsp["connectivities"] = conn
+        adata.obsp["distances"] = distances
+        adata.uns["neighbors"] = {
+            "connectivities_key": "connectivities",
+            "distances_key": "distances",
+            "params": {"n_neighbors": n_neighbors, "method": "umap", "metric": "euclidean"},
+        }
+        adata.uns["clusters_colors"] = np.array([_PALETTE[i % len(_PALETTE)] for i in range(len(categories))])
+        adata.uns["synthetic_atlas"] = {k: v for k, v in params.items()}
+    if cache and n_cells >= 100_000:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.h5ad")
+        adata.write_h5ad(tmp)
+        tmp.replace(path)
+        info("Cached the generated atlas at %s", path)
+    return adata
