@@ -192,7 +192,9 @@ def indexsearch(X: np.ndarray) -> np.ndarray:
         raise ValueError(f"Schur vectors of shape {X.shape} have more columns than rows.")
     diffs = np.ptp(X, axis=0)
     if diffs[0] > 1e-6:
-        raise ValueError(f"The first Schur vector is not constant (range {diffs[0]:.3g}); sort the Schur vectors by 'LR'.")
+        raise ValueError(
+            f"The first Schur vector is not constant (range {diffs[0]:.3g}); sort the Schur vectors by 'LR'."
+        )
     if np.any(diffs[1:] <= 1e-6):
         raise ValueError(f"{int(np.sum(diffs[1:] <= 1e-6))} Schur vector(s) after the first one are constant.")
     ortho = X.copy()
@@ -242,20 +244,24 @@ def crispness(A: np.ndarray) -> float:
     return float(np.sum(np.sum(A**2, axis=0) / A[0, :]) / A.shape[0])
 
 
-def objective_and_gradient(alpha: np.ndarray, X: np.ndarray) -> tuple[float, np.ndarray]:
-    r"""pyGPCCA's objective :math:`f = m - \operatorname{tr}(\operatorname{diag}(A_{0,:})^{-1} A^\top A)` and its gradient.
+def objective_and_gradient(alpha: np.ndarray, X: np.ndarray, tau: float = 0.0) -> tuple[float, np.ndarray]:
+    r"""Objective of pyGPCCA, :math:`f = m - \operatorname{tr}(\operatorname{diag}(A_{0,:})^{-1} A^\top A)`, + gradient.
 
-    With :math:`B = \tilde A_{1:,:}` (before scaling), :math:`a_j = \max_l(-X_{l,1:} B_{:,j})` attained
-    at :math:`l_j^*`, :math:`s = \sum_j a_j`, :math:`c_j = \lVert B_{:,j} \rVert^2` and
-    :math:`h = \sum_j c_j / a_j`, the scale invariance gives :math:`f = m - 1 - h / s`, so
+    With :math:`B = \tilde A_{1:,:}` (before scaling), :math:`a_j = \max_l(-X_{l,1:} B_{:,j})`,
+    :math:`s = \sum_j a_j`, :math:`c_j = \lVert B_{:,j} \rVert^2` and :math:`h = \sum_j c_j / a_j`,
+    scale invariance gives :math:`f = m - 1 - h / s`, so
 
     .. math::
         \frac{\partial f}{\partial B_{:,j}} = -\frac1s\Big(\frac{2 B_{:,j}}{a_j} + \frac{c_j}{a_j^2} x_j\Big)
-            - \frac{h}{s^2} x_j, \qquad x_j = X_{l_j^*, 1:}^\top,
+            - \frac{h}{s^2} x_j, \qquad x_j = \partial a_j / \partial(-B_{:,j}),
 
     and :math:`\partial f / \partial \alpha_{:,j} = \partial f / \partial B_{:,j+1} - \partial f / \partial B_{:,0}`
-    because :math:`B_{:,0} = -\sum_j \alpha_{:,j}`. The max makes ``f`` piecewise smooth; the
-    gradient is the one of the active piece. Infeasible points (some :math:`a_j \le 0`) get a large
+    because :math:`B_{:,0} = -\sum_j \alpha_{:,j}`.
+
+    ``tau = 0`` uses the exact max (piecewise smooth; :math:`x_j = X_{l_j^*,1:}` of the active row).
+    ``tau > 0`` replaces it by the log-sum-exp :math:`a_j = \tau \log \sum_l e^{v_{lj}/\tau} \ge \max_l v_{lj}`
+    (smooth; :math:`x_j` the softmax-weighted mean row). Since the smoothed :math:`a_j` bounds the max from
+    above, the memberships it implies stay feasible. Infeasible points (some :math:`a_j \le 0`) get a large
     value with a gradient pushing :math:`a_j` up.
     """
     m = X.shape[1]
@@ -265,11 +271,17 @@ def objective_and_gradient(alpha: np.ndarray, X: np.ndarray) -> tuple[float, np.
     B[:, 1:] = np.reshape(alpha, (k, k))
     B[:, 0] = -B[:, 1:].sum(axis=1)
     vals = -(X1 @ B)  # n x m
-    lstar = np.argmax(vals, axis=0)
-    a = vals[lstar, np.arange(m)]
-    xs = X1[lstar].T  # k x m, column j = X1[l*_j]
+    if tau > 0:
+        vmax = vals.max(axis=0)
+        w = np.exp((vals - vmax) / tau)
+        z = w.sum(axis=0)
+        a = vmax + tau * np.log(z)
+        xs = (X1.T @ w) / z  # k x m
+    else:
+        lstar = np.argmax(vals, axis=0)
+        a = vals[lstar, np.arange(m)]
+        xs = X1[lstar].T  # k x m, column j = X1[l*_j]
     if np.any(a <= 1e-12):
-        # Penalty: push the non-positive first-row entries up (d a_j / d B_j = -x_j).
         bad = a <= 1e-12
         f = 1e6 * (1.0 + np.sum(1e-12 - a[bad]))
         G = np.zeros((k, m))
@@ -284,50 +296,56 @@ def objective_and_gradient(alpha: np.ndarray, X: np.ndarray) -> tuple[float, np.
     return float(f), grad.ravel()
 
 
+def _lbfgs(x: np.ndarray, X: np.ndarray, tau: float, maxiter: int) -> np.ndarray:
+    res = sopt.minimize(
+        objective_and_gradient,
+        x,
+        args=(X, tau),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-9},
+    )
+    return res.x
+
+
 def optimize_lbfgs(
-    X: np.ndarray, *, n_restarts: int = 4, seed: int = 0, maxiter: int = 2000
+    X: np.ndarray,
+    *,
+    n_restarts: int = 6,
+    seed: int = 0,
+    maxiter: int = 100,
+    taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2),
 ) -> tuple[np.ndarray, float]:
     r"""Maximise crispness with L-BFGS-B and an analytic gradient, from the inner-simplex start plus restarts.
 
-    The first run starts at pyGPCCA's initial rotation (inner simplex algorithm); ``n_restarts`` more
-    start from it perturbed by seeded Gaussian noise of relative size 5%. Each run alternates
-    L-BFGS-B with a derivative-free polish when L-BFGS stops at a kink of the max. The best
-    feasible rotation is kept.
+    Stage 1: L-BFGS-B on the exact objective from pyGPCCA's initial rotation (inner simplex algorithm)
+    and from ``n_restarts`` seeded perturbations of it (5% Gaussian noise). Stage 2: from the best
+    point, a continuation over the log-sum-exp smoothing ``taus`` (relative to the scale of
+    :math:`X`) followed by the exact objective, which steps across the kinks of the max where plain
+    L-BFGS stalls. The best feasible rotation seen is returned.
 
     Returns
     -------
     A, crispness
         Feasible ``m x m`` rotation matrix and its crispness.
     """
-    m = X.shape[1]
     A0 = initial_rotation(X)
     alpha0 = A0[1:, 1:].ravel()
     rng = np.random.default_rng(seed)
-    starts = [alpha0] + [
-        alpha0 + 0.05 * np.linalg.norm(alpha0) / max(1, alpha0.size) ** 0.5 * rng.standard_normal(alpha0.size)
-        for _ in range(n_restarts)
-    ]
-    best_A, best_c = None, -np.inf
+    noise = 0.05 * (np.abs(alpha0).mean() + 1e-12)
+    starts = [alpha0] + [alpha0 + noise * rng.standard_normal(alpha0.size) for _ in range(n_restarts)]
+    cands = [alpha0]
     for start in starts:
-        x = start
-        fx = objective_and_gradient(x, X)[0]
-        for _ in range(5):
-            res = sopt.minimize(
-                objective_and_gradient, x, args=(X,), jac=True, method="L-BFGS-B",
-                options={"maxiter": maxiter, "ftol": 1e-15, "gtol": 1e-12},
-            )
-            if res.fun < fx - 1e-12:
-                x, fx = res.x, float(res.fun)
-            # L-BFGS stalls at kinks of the max; a short Powell pass steps across them.
-            res2 = sopt.minimize(
-                lambda z: objective_and_gradient(z, X)[0], x, method="Powell",
-                options={"xtol": 1e-8, "ftol": 1e-13, "maxfev": 200 * x.size},
-            )
-            if res2.fun < fx - 1e-12:
-                x, fx = res2.x, float(res2.fun)
-            else:
-                break
-        A = fill_rotation(x, X)
+        cands.append(_lbfgs(start, X, 0.0, maxiter))
+    best = min(cands, key=lambda z: objective_and_gradient(z, X)[0])
+    scale = float(np.abs(X[:, 1:]).max())
+    x = best
+    for tau in taus:
+        x = _lbfgs(x, X, tau * scale, maxiter)
+    cands.append(_lbfgs(x, X, 0.0, maxiter))
+    best_A, best_c = None, -np.inf
+    for z in cands:
+        A = fill_rotation(z, X)
         if np.all(A[0, :] > 0):
             c = crispness(A)
             if c > best_c:
@@ -338,7 +356,7 @@ def optimize_lbfgs(
 
 
 def optimize_nelder_mead(X: np.ndarray) -> tuple[np.ndarray, float]:
-    """pyGPCCA's own optimisation (Nelder-Mead from the inner-simplex start), for exact parity.
+    """The own optimisation of pyGPCCA (Nelder-Mead from the inner-simplex start), for exact parity.
 
     Uses the private functions ``pygpcca._gpcca._initialize_rot_matrix`` and ``pygpcca._gpcca._opt_soft``
     (pyGPCCA 1.0.4), which are exactly what :meth:`pygpcca.GPCCA.optimize` runs on its Schur vectors;
@@ -368,7 +386,7 @@ def min_chi(X: np.ndarray, m: int) -> float:
 
 
 def coarse_grain(T_times_chi: np.ndarray, chi: np.ndarray, eta: np.ndarray) -> np.ndarray:
-    r"""Coarse-grained transition matrix :math:`T_c = (\chi^\top D \chi)^{-1} (\chi^\top D T \chi)`, :math:`D = \operatorname{diag}(\eta)`.
+    r"""Coarse-grained T, :math:`T_c = (\chi^\top D \chi)^{-1} (\chi^\top D T \chi)`, :math:`D = \mathrm{diag}(\eta)`.
 
     ``T_times_chi`` is :math:`T \chi` (one SpMM on the backend, done by the caller).
     """

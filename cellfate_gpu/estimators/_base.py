@@ -1,0 +1,363 @@
+"""What every estimator shares: the kernel and its backend, terminal/initial states, and the
+downstream results (fate probabilities, absorption times, priming, drivers) under CellRank's keys.
+
+Results are computed completely before anything is written to the AnnData, so a failing step
+leaves no half-written state behind.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellfate_gpu import _keys
+from cellfate_gpu._logging import info, timed
+from cellfate_gpu.backends import get_backend
+from cellfate_gpu.estimators._absorption import absorption_times, fate_probabilities
+from cellfate_gpu.estimators._drivers import lineage_drivers
+from cellfate_gpu.kernels import Kernel, PrecomputedKernel
+from cellfate_gpu.kernels._base import KernelExpression
+from cellfate_gpu.lineage import Lineage, default_colors
+
+__all__ = ["BaseEstimator", "short_kernel_repr"]
+
+
+def short_kernel_repr(kernel: Kernel) -> str:
+    """``PseudotimeKernel[n=5780]`` or ``(0.8 * PseudotimeKernel[n=..] + 0.2 * ...)``, as CellRank prints it."""
+    if isinstance(kernel, KernelExpression):
+        from cellfate_gpu.kernels._base import _Product, _Scaled, _Sum
+
+        if isinstance(kernel, _Scaled):
+            return f"{kernel.constant:g} * {short_kernel_repr(kernel._children[0])}"
+        sep = " + " if isinstance(kernel, _Sum) else " * "
+        return "(" + sep.join(short_kernel_repr(c) for c in kernel._children) + ")" if isinstance(
+            kernel, _Sum | _Product) else repr(kernel)
+    return f"{'~' if kernel.backward else ''}{type(kernel).__name__}[n={len(kernel)}]"
+
+
+def _as_kernel(obj: Any, backward: bool, obsp_key: str | None) -> Kernel:
+    import anndata as ad
+
+    if isinstance(obj, Kernel):
+        return obj
+    if isinstance(obj, ad.AnnData):
+        return Kernel.from_adata(obj, obsp_key or _keys.transition_matrix(backward))
+    if sp.issparse(obj) or isinstance(obj, np.ndarray):
+        return PrecomputedKernel(obj, backward=backward)
+    raise TypeError(f"Expected a kernel, an AnnData or a matrix, got {type(obj).__name__}.")
+
+
+class BaseEstimator(abc.ABC):
+    """Abstract base of :class:`GPCCA` and :class:`CFLARE`.
+
+    Parameters
+    ----------
+    object
+        A computed kernel, an AnnData with ``obsp[obsp_key]`` (default ``T_fwd``/``T_bwd``), or a
+        row-stochastic matrix.
+    backward
+        Direction (for AnnData or matrix input).
+    obsp_key
+        Key of T in ``adata.obsp`` for AnnData input.
+    """
+
+    def __init__(self, object: Any, *, backward: bool = False, obsp_key: str | None = None):
+        self._kernel = _as_kernel(object, backward, obsp_key)
+        self._T = self._kernel.native_transition_matrix
+        self._backend = self._kernel.backend
+        self._terminal_states: pd.Series | None = None
+        self._terminal_probs: pd.Series | None = None
+        self._term_colors: list[str] | None = None
+        self._initial_states: pd.Series | None = None
+        self._initial_probs: pd.Series | None = None
+        self._init_colors: list[str] | None = None
+        self._fate_probabilities: Lineage | None = None
+        self._absorption_times: pd.DataFrame | None = None
+        self._priming_degree: np.ndarray | None = None
+        self._lineage_drivers: pd.DataFrame | None = None
+
+    # ---------------------------------------------------------------- basic properties
+    @property
+    def kernel(self) -> Kernel:
+        """The kernel whose transition matrix is analysed."""
+        return self._kernel
+
+    @property
+    def adata(self):
+        """The annotated data."""
+        return self._kernel.adata
+
+    @property
+    def backward(self) -> bool:
+        """Direction of the process."""
+        return bool(self._kernel.backward)
+
+    @property
+    def backend(self):
+        """Backend where T lives (where the heavy operations run)."""
+        return self._backend
+
+    @property
+    def transition_matrix(self) -> sp.csr_matrix:
+        """Host copy of T."""
+        return self._kernel.transition_matrix
+
+    @property
+    def terminal_states(self) -> pd.Series | None:
+        """Categorical terminal-state assignment (NaN for other cells)."""
+        return self._terminal_states
+
+    @property
+    def terminal_states_probabilities(self) -> pd.Series | None:
+        """Per-cell terminal-state probabilities (memberships scaled to max 1 per state)."""
+        return self._terminal_probs
+
+    @property
+    def initial_states(self) -> pd.Series | None:
+        """Categorical initial-state assignment (NaN for other cells)."""
+        return self._initial_states
+
+    @property
+    def fate_probabilities(self) -> Lineage | None:
+        """Fate probabilities from :meth:`compute_fate_probabilities`."""
+        return self._fate_probabilities
+
+    @property
+    def absorption_times(self) -> pd.DataFrame | None:
+        """Absorption times from :meth:`compute_absorption_times`."""
+        return self._absorption_times
+
+    @property
+    def priming_degree(self) -> np.ndarray | None:
+        """Lineage priming from :meth:`compute_lineage_priming`."""
+        return self._priming_degree
+
+    @property
+    def lineage_drivers(self) -> pd.DataFrame | None:
+        """Drivers from :meth:`compute_lineage_drivers`."""
+        return self._lineage_drivers
+
+    def _key(self, fn) -> str:
+        return fn(self.backward)
+
+    # ---------------------------------------------------------------- setting states
+    def _states_from(self, states: Any, cluster_key: str | None, n_cells: int | None) -> tuple[pd.Series, pd.Series, list[str]]:
+        """Normalise list / dict / Series input to (categorical assignment, probabilities, colours)."""
+        obs_names = self.adata.obs_names
+        n = self.adata.n_obs
+        if isinstance(states, pd.Series):
+            if not isinstance(states.dtype, pd.CategoricalDtype):
+                raise TypeError("A Series of states must be categorical (NaN for unassigned cells).")
+            if len(states) != n:
+                raise ValueError(f"States Series has {len(states)} entries, expected {n} cells.")
+            cats = states.reindex(obs_names) if states.index.equals(obs_names) is False and states.index.isin(obs_names).all() else states
+            assignment = pd.Series(pd.Categorical(np.asarray(cats.astype(object)), categories=[str(c) for c in states.cat.categories]), index=obs_names)
+        elif isinstance(states, dict):
+            labels = np.full(n, None, dtype=object)
+            for name, cells in states.items():
+                arr = np.asarray(cells)
+                idx = obs_names.get_indexer(arr.astype(str)) if arr.dtype.kind not in "iub" else (
+                    np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int))
+                if np.any(idx < 0):
+                    raise KeyError(f"State {name!r}: {int(np.sum(idx < 0))} cell names not found in adata.obs_names.")
+                labels[idx] = str(name)
+            assignment = pd.Series(pd.Categorical(labels, categories=[str(k) for k in states]), index=obs_names)
+        elif isinstance(states, list | tuple | str):
+            names = [states] if isinstance(states, str) else list(states)
+            return self._states_from_names(names, cluster_key, n_cells)
+        else:
+            raise TypeError(f"States must be a list of names, a dict or a categorical Series, got {type(states).__name__}.")
+        empty = [c for c in assignment.cat.categories if (assignment == c).sum() == 0]
+        if empty:
+            raise ValueError(f"State(s) {empty} contain no cells.")
+        probs = pd.Series(np.where(assignment.isna(), 0.0, 1.0), index=obs_names)
+        colors = self._colors_for(list(assignment.cat.categories), cluster_key, assignment)
+        return assignment, probs, colors
+
+    def _states_from_names(self, names: list[str], cluster_key: str | None, n_cells: int | None):
+        """States named by clusters of ``adata.obs[cluster_key]`` (estimators with macrostates override)."""
+        if cluster_key is None:
+            raise ValueError("Give cluster_key to select states by cluster name, or pass a dict of cells.")
+        col = self.adata.obs[cluster_key].astype(str)
+        return self._states_from({nm: np.flatnonzero(col.to_numpy() == nm) for nm in names}, cluster_key, n_cells)
+
+    def _colors_for(self, names: list[str], cluster_key: str | None, assignment: pd.Series | None = None) -> list[str]:
+        colors = default_colors(len(names))
+        if cluster_key is not None and _keys.colors(cluster_key) in self.adata.uns and cluster_key in self.adata.obs:
+            cats = [str(c) for c in self.adata.obs[cluster_key].cat.categories]
+            palette = list(self.adata.uns[_keys.colors(cluster_key)])
+            for i, nm in enumerate(names):
+                base = nm.rsplit("_", 1)[0] if nm not in cats and "_" in nm else nm
+                if base in cats and cats.index(base) < len(palette):
+                    colors[i] = str(palette[cats.index(base)])
+        return colors
+
+    def _write_states(self, key: str, assignment: pd.Series, probs: pd.Series, colors: list[str]) -> None:
+        self.adata.obs[key] = assignment.values
+        self.adata.obs[_keys.probs(key)] = probs.values
+        self.adata.uns[_keys.colors(key)] = np.array(colors, dtype=object)
+
+    def set_terminal_states(self, states: Any, cluster_key: str | None = None, allow_overlap: bool = False,
+                            n_cells: int | None = 30, **kwargs: Any) -> BaseEstimator:
+        """Set terminal states from macrostate/cluster names, a dict of cells, or a categorical Series."""
+        assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
+        self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
+        self._terminal_states, self._terminal_probs, self._term_colors = assignment, probs, colors
+        self._fate_probabilities = self._absorption_times = None
+        self._write_states(_keys.terminal_states(self.backward), assignment, probs, colors)
+        info("Setting terminal states %s", list(assignment.cat.categories))
+        return self
+
+    def set_initial_states(self, states: Any, cluster_key: str | None = None, allow_overlap: bool = False,
+                           n_cells: int | None = 30, **kwargs: Any) -> BaseEstimator:
+        """Set initial states (same input forms as :meth:`set_terminal_states`)."""
+        assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
+        self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
+        self._initial_states, self._initial_probs, self._init_colors = assignment, probs, colors
+        self._write_states(_keys.initial_states(self.backward), assignment, probs, colors)
+        info("Setting initial states %s", list(assignment.cat.categories))
+        return self
+
+    @staticmethod
+    def _check_overlap(new: pd.Series, other: pd.Series | None, allow: bool, what: str) -> None:
+        if other is None or allow:
+            return
+        both = int((new.notna().to_numpy() & other.notna().to_numpy()).sum())
+        if both:
+            raise ValueError(f"{both} cells would be both {what} and the new states; pass allow_overlap=True.")
+
+    def rename_terminal_states(self, new_names: dict[str, str]) -> BaseEstimator:
+        """Rename terminal states (``{old: new}``); fate probabilities follow."""
+        if self._terminal_states is None:
+            raise RuntimeError("No terminal states to rename; call predict_terminal_states or set_terminal_states.")
+        cats = [str(c) for c in self._terminal_states.cat.categories]
+        unknown = [k for k in new_names if k not in cats]
+        if unknown:
+            raise KeyError(f"Unknown terminal state(s) {unknown}; available: {cats}.")
+        renamed = [new_names.get(c, c) for c in cats]
+        if len(set(renamed)) != len(renamed):
+            raise ValueError(f"Renaming would create duplicate names: {renamed}.")
+        self._terminal_states = self._terminal_states.cat.rename_categories(renamed)
+        self._write_states(_keys.terminal_states(self.backward), self._terminal_states, self._terminal_probs,
+                           self._term_colors)
+        if self._fate_probabilities is not None:
+            self._fate_probabilities = Lineage(self._fate_probabilities.X,
+                                               names=[new_names.get(n, n) for n in self._fate_probabilities.names],
+                                               colors=self._fate_probabilities.colors)
+            self._fate_probabilities.to_adata(self.adata, _keys.fate_probabilities(self.backward))
+        return self
+
+    # ---------------------------------------------------------------- downstream
+    def _require_terminal(self, what: str) -> pd.Series:
+        if self._terminal_states is None:
+            raise RuntimeError(
+                f"{what} needs terminal states; call predict_terminal_states(...) or set_terminal_states(...) first."
+            )
+        return self._terminal_states
+
+    def _solve_backend_and_T(self, backend: Any):
+        if backend is None or get_backend(backend) is self._backend:
+            return self._backend, self._T
+        be = get_backend(backend)
+        info("Moving T from backend %r to %r for this computation", self._backend.name, be.name)
+        return be, be.from_scipy_csr(self.transition_matrix)
+
+    def compute_fate_probabilities(self, keys: list[str] | None = None, solver: str = "auto", tol: float = 1e-10,
+                                   preconditioner: str | None = None, backend: Any = None, check_sum_tol: float = 1e-3,
+                                   maxiter: int | None = None, method: str | None = None, **kwargs: Any) -> Lineage:
+        """Absorption probabilities into each terminal state, all lineages in one block solve."""
+        terminal = self._require_terminal("compute_fate_probabilities")
+        be, T = self._solve_backend_and_T(backend)
+        with timed("Computing fate probabilities (backend=%r)", be.name):
+            cats = [str(c) for c in terminal.cat.categories]
+            colors = None
+            if keys is None and self._term_colors is not None:
+                colors = list(self._term_colors)
+            lin, _ = fate_probabilities(be, T, terminal, keys=keys, method=method or solver, tol=tol,
+                                        preconditioner=preconditioner, maxiter=maxiter, check_sum_tol=check_sum_tol,
+                                        colors=colors if colors and len(colors) == len(cats) else None)
+        self._fate_probabilities = lin
+        lin.to_adata(self.adata, _keys.fate_probabilities(self.backward))
+        return lin
+
+    def compute_absorption_times(self, keys: list[str] | None = None, calculate_variance: bool = False,
+                                 solver: str = "auto", tol: float = 1e-10, preconditioner: str | None = None,
+                                 backend: Any = None, **kwargs: Any) -> pd.DataFrame:
+        """Mean (and variance of) the number of steps until absorption, per lineage."""
+        terminal = self._require_terminal("compute_absorption_times")
+        be, T = self._solve_backend_and_T(backend)
+        with timed("Computing absorption times (backend=%r)", be.name):
+            df = absorption_times(be, T, terminal, keys=keys, calculate_variance=calculate_variance, method=solver,
+                                  tol=tol, preconditioner=preconditioner, index=self.adata.obs_names)
+        self._absorption_times = df
+        self.adata.obsm[_keys.absorption_times(self.backward)] = df
+        return df
+
+    def compute_lineage_priming(self, method: str = "kl_divergence", early_cells: Any = None) -> np.ndarray:
+        """Degree of lineage priming of every cell (see :meth:`Lineage.priming_degree`)."""
+        if self._fate_probabilities is None:
+            raise RuntimeError("compute_lineage_priming needs fate probabilities; call compute_fate_probabilities first.")
+        if isinstance(early_cells, dict):
+            from cellfate_gpu.kernels._random_walk import resolve_cells
+
+            early_cells = resolve_cells(self.adata, early_cells, what="early_cells")
+        values = self._fate_probabilities.priming_degree(method=method, early_cells=early_cells)
+        self._priming_degree = values
+        self.adata.obs[_keys.priming_degree(self.backward)] = values
+        return values
+
+    def compute_lineage_drivers(self, lineages: list[str] | str | None = None, method: str = "fisher",
+                                cluster_key: str | None = None, clusters: list[str] | None = None,
+                                layer: str | None = None, use_raw: bool = False, confidence_level: float = 0.95,
+                                n_perms: int = 1000, seed: int | None = None, **kwargs: Any) -> pd.DataFrame:
+        """Correlate gene expression with fate probabilities (CellRank's lineage drivers)."""
+        if self._fate_probabilities is None:
+            raise RuntimeError("compute_lineage_drivers needs fate probabilities; call compute_fate_probabilities first.")
+        probs = self._fate_probabilities
+        names = probs.names if lineages is None else ([lineages] if isinstance(lineages, str) else list(lineages))
+        probs = probs[names]
+        source = self.adata.raw if use_raw else self.adata
+        if use_raw and source is None:
+            raise ValueError("use_raw=True but adata.raw is None.")
+        X = source.layers[layer] if layer is not None else source.X
+        if layer is not None and layer not in source.layers:
+            raise KeyError(f"No layer {layer!r}; available: {list(source.layers.keys())}.")
+        cells = np.arange(self.adata.n_obs)
+        if clusters is not None:
+            if cluster_key is None:
+                raise ValueError("clusters needs cluster_key.")
+            cells = np.flatnonzero(self.adata.obs[cluster_key].astype(str).isin(list(clusters)).to_numpy())
+            if cells.size == 0:
+                raise ValueError(f"No cells in clusters {clusters} of adata.obs[{cluster_key!r}].")
+        with timed("Computing lineage drivers for %s (%d genes)", names, X.shape[1]):
+            df = lineage_drivers(X[cells], probs.X[cells], list(source.var_names), probs.names, method=method,
+                                 confidence_level=confidence_level, n_perms=n_perms, seed=seed)
+        self._lineage_drivers = df
+        if not use_raw:
+            self.adata.varm[_keys.lineage_drivers(self.backward)] = df.reindex(self.adata.var_names)
+        return df
+
+    # ---------------------------------------------------------------- plots
+    def plot_fate_probabilities(self, **kwargs: Any):
+        """Fate probabilities on an embedding (see :func:`cellfate_gpu.pl.fate_probabilities`)."""
+        from cellfate_gpu.pl import fate_probabilities as plot
+
+        return plot(self, **kwargs)
+
+    def plot_lineage_drivers(self, lineage: str, n_genes: int = 8, **kwargs: Any):
+        """Expression of the top drivers of ``lineage`` on an embedding."""
+        from cellfate_gpu.pl import lineage_drivers as plot
+
+        return plot(self, lineage, n_genes=n_genes, **kwargs)
+
+    def _states_repr(self, s: pd.Series | None) -> str:
+        return "None" if s is None else repr([str(c) for c in s.cat.categories])
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}[kernel={short_kernel_repr(self._kernel)}, "
+                f"initial_states={self._states_repr(self._initial_states)}, "
+                f"terminal_states={self._states_repr(self._terminal_states)}]")

@@ -1,0 +1,394 @@
+"""GPCCA: macrostates, initial and terminal states from a partial real Schur decomposition of T."""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+import numpy as np
+import pandas as pd
+
+from cellfate_gpu import _keys
+from cellfate_gpu._logging import info, timed, warning
+from cellfate_gpu.estimators import _gpcca_core as core
+from cellfate_gpu.estimators._base import BaseEstimator
+from cellfate_gpu.lineage import Lineage, default_colors
+from cellfate_gpu.linalg import partial_eig, partial_schur
+
+__all__ = ["GPCCA"]
+
+
+@final
+class GPCCA(BaseEstimator):
+    r"""Generalized Perron Cluster Cluster Analysis (Reuter et al. 2018) on a kernel's T.
+
+    The Schur vectors :math:`X` of the ``k`` eigenvalues with largest real part span an invariant
+    subspace, :math:`T X = X R`. Macrostate memberships are :math:`\chi = X A`, with the rotation
+    :math:`A` maximising crispness. The default optimiser is L-BFGS with an analytic gradient and
+    seeded restarts from pyGPCCA's inner-simplex start; ``optimizer="nelder-mead"`` runs pyGPCCA's
+    own optimisation for exact parity. Coarse-grained transitions
+    :math:`T_c = (\chi^\top D \chi)^{-1} \chi^\top D T \chi` with :math:`D = \mathrm{diag}(\eta)`,
+    :math:`\eta = \mathbf 1 / n`.
+    """
+
+    def __init__(self, object: Any, *, backward: bool = False, obsp_key: str | None = None):
+        super().__init__(object, backward=backward, obsp_key=obsp_key)
+        self._schur_vectors: np.ndarray | None = None
+        self._schur_matrix: np.ndarray | None = None
+        self._eigenvalues: np.ndarray | None = None
+        self._eigendecomposition: dict | None = None
+        self._macrostates: pd.Series | None = None
+        self._memberships: Lineage | None = None
+        self._coarse_T: pd.DataFrame | None = None
+        self._coarse_stationary: np.ndarray | None = None
+        self._coarse_initial: np.ndarray | None = None
+        self._crispness: float | None = None
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def schur_vectors(self) -> np.ndarray | None:
+        """η-orthonormal Schur vectors (first column constant), host array ``n x k``."""
+        return self._schur_vectors
+
+    @property
+    def schur_matrix(self) -> np.ndarray | None:
+        """Quasi-upper-triangular ``R`` with :math:`T X = X R`."""
+        return self._schur_matrix
+
+    @property
+    def eigendecomposition(self) -> dict | None:
+        """CellRank's eigendecomposition dict (``D``, ``eigengap``, ``params``, ...)."""
+        return self._eigendecomposition
+
+    @property
+    def macrostates(self) -> pd.Series | None:
+        """Categorical macrostate assignment of the top ``n_cells`` cells per state."""
+        return self._macrostates
+
+    @property
+    def macrostates_memberships(self) -> Lineage | None:
+        r"""Memberships :math:`\chi` (cells x macrostates)."""
+        return self._memberships
+
+    @property
+    def coarse_T(self) -> pd.DataFrame | None:
+        """Coarse-grained transition matrix between macrostates."""
+        return self._coarse_T
+
+    @property
+    def coarse_stationary_distribution(self) -> pd.Series | None:
+        """Stationary distribution of the coarse chain."""
+        if self._coarse_stationary is None:
+            return None
+        return pd.Series(self._coarse_stationary, index=self._coarse_T.index)
+
+    # ---------------------------------------------------------------- decompositions
+    def compute_schur(self, n_components: int = 20, which: str = "LR", method: str | None = None, alpha: float = 1.0,
+                      tol: float = 1e-10, **kwargs: Any) -> GPCCA:
+        """Partial real Schur decomposition of T on its backend (:func:`cellfate_gpu.linalg.partial_schur`)."""
+        n = self.adata.n_obs
+        k = min(n_components, n - 1)
+        res = partial_schur(self._T, k, which=which, tol=tol, backend=self._backend)
+        Q, R = self._backend.to_host(res.Q), np.asarray(res.R)
+        X, Rp = core.eta_orthonormalize(Q, R)
+        evals = np.asarray(res.eigenvalues)
+        self._schur_vectors, self._schur_matrix, self._eigenvalues = X, Rp, evals
+        gap = core.eigengap(evals, alpha)
+        self._eigendecomposition = {
+            "D": evals, "eigengap": gap, "params": {"which": which, "k": int(len(evals)), "alpha": alpha},
+        }
+        self.adata.obsm[_keys.schur_vectors(self.backward)] = X
+        self.adata.uns[_keys.schur_matrix(self.backward)] = Rp
+        self.adata.uns[_keys.eigendecomposition(self.backward)] = _h5ad_safe(self._eigendecomposition)
+        info("Schur decomposition: %d vectors, eigengap suggests %d states", X.shape[1], gap + 1)
+        return self
+
+    def compute_eigendecomposition(self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False,
+                                   **kwargs: Any) -> GPCCA:
+        """Top-``k`` eigenvalues, right/left eigenvectors, stationary distribution and eigengap."""
+        res = partial_eig(self._T, min(k, self.adata.n_obs - 1), which=which, left=not only_evals,
+                          vectors=not only_evals, backend=self._backend)
+        evals = np.asarray(res.eigenvalues)
+        eig = {"D": evals, "eigengap": core.eigengap(evals, alpha), "params": {"which": which, "k": len(evals), "alpha": alpha}}
+        if not only_evals:
+            V_r, V_l = self._backend.to_host(res.vectors), self._backend.to_host(res.left_vectors)
+            eig["V_r"], eig["V_l"] = V_r, V_l
+            pi = np.abs(np.real(V_l[:, 0]))
+            eig["stationary_dist"] = pi / pi.sum()
+        self._eigendecomposition = eig
+        self.adata.uns[_keys.eigendecomposition(self.backward)] = _h5ad_safe(eig)
+        return self
+
+    # ---------------------------------------------------------------- macrostates
+    def _pick_n_states(self, n_states: Any) -> int:
+        if n_states is None:
+            if self._eigenvalues is None:
+                self.compute_schur()
+            n = int(self._eigendecomposition["eigengap"]) + 1
+            info("Using %d states based on the eigengap", n)
+            return max(n, 2)
+        if isinstance(n_states, list | tuple):
+            lo, hi = int(n_states[0]), int(n_states[1])
+            if not 2 <= lo <= hi:
+                raise ValueError(f"n_states range must satisfy 2 <= min <= max, got {n_states!r}.")
+            self._ensure_schur(hi + 1)
+            scores = {m: core.min_chi(self._schur_vectors, m) for m in range(lo, hi + 1)
+                      if not core.splits_conjugate_pair(self._eigenvalues, m)}
+            best = max(scores, key=scores.get)
+            info("minChi selected %d states from %s", best, {m: round(v, 3) for m, v in scores.items()})
+            return best
+        n = int(n_states)
+        if n < 1:
+            raise ValueError(f"n_states must be positive, got {n_states!r}.")
+        return n
+
+    def _ensure_schur(self, m: int) -> None:
+        if self._schur_vectors is None or self._schur_vectors.shape[1] < m:
+            self.compute_schur(n_components=max(m, 20 if self._schur_vectors is None else m))
+
+    def compute_macrostates(self, n_states: int | list[int] | None = None, n_cells: int | None = 30,
+                            cluster_key: str | None = None, optimizer: str = "l-bfgs", **kwargs: Any) -> GPCCA:
+        """Macrostates from the Schur vectors: memberships, names, colours and the coarse chain."""
+        if optimizer not in ("l-bfgs", "nelder-mead"):
+            raise ValueError(f"optimizer must be 'l-bfgs' or 'nelder-mead', got {optimizer!r}.")
+        n = self._pick_n_states(n_states)
+        self._ensure_schur(n + 1)
+        if core.splits_conjugate_pair(self._eigenvalues, n):
+            warning("%d states would split a complex-conjugate pair of eigenvalues; using %d states", n, n + 1)
+            n += 1
+            self._ensure_schur(n + 1)
+        n_obs = self.adata.n_obs
+        if n_cells is not None and n_cells * 1 > n_obs:
+            raise ValueError(f"n_cells={n_cells} is larger than the number of cells ({n_obs}).")
+        X = self._schur_vectors[:, :n]
+        with timed("Computing %d macrostates (optimizer=%r)", n, optimizer):
+            if n == 1:
+                chi, crisp = np.ones((n_obs, 1)), 1.0
+            else:
+                A, crisp = core.optimize_lbfgs(X) if optimizer == "l-bfgs" else core.optimize_nelder_mead(X)
+                chi = core.memberships_from_rotation(X, A)
+            xp = self._backend.xp
+            T_chi = self._backend.to_host(self._backend.spmm(self._T, self._backend.asarray(chi)))
+            eta = np.full(n_obs, 1.0 / n_obs)
+            coarse = core.coarse_grain(np.asarray(T_chi), chi, eta)
+            del xp
+        names, assignment = _name_states(chi, n_cells, self.adata, cluster_key)
+        colors = self._colors_for(names, cluster_key) if cluster_key else default_colors(n)
+        self._memberships = Lineage(chi, names=names, colors=colors)
+        self._macrostates = assignment
+        self._crispness = crisp
+        self._coarse_T = pd.DataFrame(coarse, index=names, columns=names)
+        self._coarse_initial = chi.T @ eta
+        self._coarse_stationary = _stationary(coarse)
+        probs = _scaled_probs(chi, assignment, names)
+        self._macro_probs = probs
+        key = _keys.macrostates(self.backward)
+        self._write_states(key, assignment, probs, colors)
+        self._memberships.to_adata(self.adata, _keys.macrostates_memberships(self.backward))
+        self.adata.uns[_keys.coarse(self.backward)] = {
+            "T": coarse, "names": np.array(names, dtype=object), "stationary_dist": self._coarse_stationary,
+            "init_dist": self._coarse_initial, "crispness": float(crisp),
+        }
+        info("Macrostates %s (crispness %.3f)", names, crisp)
+        return self
+
+    def fit(self, n_states: int | list[int] | None = None, n_cells: int | None = 30, cluster_key: str | None = None,
+            **kwargs: Any) -> GPCCA:
+        """Schur decomposition (enough vectors for ``n_states``) followed by :meth:`compute_macrostates`."""
+        m = max(n_states) if isinstance(n_states, list | tuple) else (n_states or 0)
+        if self._schur_vectors is None or self._schur_vectors.shape[1] < m + 1:
+            self.compute_schur(n_components=max(20, m + 1))
+        return self.compute_macrostates(n_states=n_states, n_cells=n_cells, cluster_key=cluster_key, **kwargs)
+
+    # ---------------------------------------------------------------- terminal / initial states
+    def _require_macrostates(self) -> None:
+        if self._macrostates is None:
+            raise RuntimeError("Compute macrostates first: fit(...) or compute_macrostates(...).")
+
+    def predict_terminal_states(self, method: str = "stability", n_cells: int = 30, alpha: float = 1.0,
+                                stability_threshold: float = 0.96, n_states: int | None = None,
+                                allow_overlap: bool = False) -> GPCCA:
+        """Terminal states among the macrostates: the most stable ones (diagonal of the coarse T)."""
+        self._require_macrostates()
+        names = list(self._coarse_T.index)
+        stability = np.diag(self._coarse_T.to_numpy())
+        order = list(np.argsort(-stability, kind="stable"))
+        if method == "stability":
+            chosen = [names[i] for i in order if stability[i] >= stability_threshold]
+            if not chosen:
+                raise ValueError(f"No macrostate has stability >= {stability_threshold}; max is {stability.max():.3f}. "
+                                 "Lower stability_threshold or use method='top_n'.")
+        elif method == "top_n":
+            if n_states is None or not 1 <= n_states <= len(names):
+                raise ValueError(f"method='top_n' needs 1 <= n_states <= {len(names)}, got {n_states!r}.")
+            chosen = [names[i] for i in order[:n_states]]
+        elif method in ("eigengap", "eigengap_coarse"):
+            ev = np.sort(np.real(np.linalg.eigvals(self._coarse_T.to_numpy())))[::-1] if method == "eigengap_coarse" \
+                else np.real(self._eigenvalues)
+            k = min(core.eigengap(ev, alpha) + 1, len(names))
+            chosen = [names[i] for i in order[:k]]
+        else:
+            raise ValueError(f"method must be 'stability', 'top_n', 'eigengap' or 'eigengap_coarse', got {method!r}.")
+        return self._set_from_macrostates(chosen, n_cells, terminal=True, allow_overlap=allow_overlap)
+
+    def predict_initial_states(self, n_states: int = 1, n_cells: int = 30, allow_overlap: bool = False) -> GPCCA:
+        """Initial states: the macrostates with least mass in the coarse stationary distribution."""
+        self._require_macrostates()
+        names = list(self._coarse_T.index)
+        if not 1 <= n_states <= len(names):
+            raise ValueError(f"n_states must be in [1, {len(names)}], got {n_states}.")
+        order = np.argsort(self._coarse_stationary, kind="stable")
+        return self._set_from_macrostates([names[i] for i in order[:n_states]], n_cells, terminal=False,
+                                          allow_overlap=allow_overlap)
+
+    def _set_from_macrostates(self, chosen: list[str], n_cells: int, *, terminal: bool, allow_overlap: bool) -> GPCCA:
+        names = list(self._memberships.names)
+        chi = self._memberships.X
+        labels = np.full(self.adata.n_obs, None, dtype=object)
+        probs = np.zeros(self.adata.n_obs)
+        for nm in chosen:
+            j = names.index(nm)
+            top = np.argsort(-chi[:, j], kind="stable")[:n_cells]
+            labels[top] = nm
+            col = chi[:, j]
+            probs = np.maximum(probs, np.where(labels == nm, col / max(col.max(), 1e-300), 0.0))
+        assignment = pd.Series(pd.Categorical(labels, categories=chosen), index=self.adata.obs_names)
+        colors = [self._memberships.colors[names.index(nm)] for nm in chosen]
+        prob_series = pd.Series(probs, index=self.adata.obs_names)
+        if terminal:
+            self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
+            self._terminal_states, self._terminal_probs, self._term_colors = assignment, prob_series, colors
+            self._fate_probabilities = self._absorption_times = None
+            self._write_states(_keys.terminal_states(self.backward), assignment, prob_series, colors)
+            info("Terminal states: %s", chosen)
+        else:
+            self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
+            self._initial_states, self._initial_probs, self._init_colors = assignment, prob_series, colors
+            self._write_states(_keys.initial_states(self.backward), assignment, prob_series, colors)
+            info("Initial states: %s", chosen)
+        return self
+
+    def _states_from_names(self, names: list[str], cluster_key: str | None, n_cells: int | None):
+        if cluster_key is None and self._memberships is not None:
+            unknown = [nm for nm in names if nm not in self._memberships.names]
+            if unknown:
+                raise KeyError(f"Unknown macrostate(s) {unknown}; available: {self._memberships.names}.")
+            chi, all_names = self._memberships.X, self._memberships.names
+            labels = np.full(self.adata.n_obs, None, dtype=object)
+            probs = np.zeros(self.adata.n_obs)
+            for nm in names:
+                j = all_names.index(nm)
+                top = np.argsort(-chi[:, j], kind="stable")[: (n_cells or 30)]
+                labels[top] = nm
+                probs[top] = chi[top, j] / max(chi[:, j].max(), 1e-300)
+            assignment = pd.Series(pd.Categorical(labels, categories=list(names)), index=self.adata.obs_names)
+            colors = [self._memberships.colors[all_names.index(nm)] for nm in names]
+            return assignment, pd.Series(probs, index=self.adata.obs_names), colors
+        return super()._states_from_names(names, cluster_key, n_cells)
+
+    # ---------------------------------------------------------------- plots
+    def plot_spectrum(self, **kwargs: Any):
+        """Eigenvalues of the Schur decomposition in the complex plane (or real parts)."""
+        from cellfate_gpu.pl import spectrum
+
+        return spectrum(self, **kwargs)
+
+    def plot_macrostates(self, which: str = "all", **kwargs: Any):
+        """Macrostates (``which="all"``), terminal or initial states on an embedding."""
+        from cellfate_gpu.pl import macrostates
+
+        return macrostates(self, which=which, **kwargs)
+
+    def plot_coarse_T(self, **kwargs: Any):
+        """Heatmap of the coarse-grained transition matrix."""
+        from cellfate_gpu.pl import coarse_T
+
+        return coarse_T(self, **kwargs)
+
+    # ---------------------------------------------------------------- AnnData
+    @classmethod
+    def from_adata(cls, adata, obsp_key: str = "T_fwd") -> GPCCA:
+        """Rebuild an estimator from what it (or CellRank) wrote into ``adata``."""
+        from cellfate_gpu.kernels import Kernel
+
+        g = cls(Kernel.from_adata(adata, obsp_key))
+        bwd = g.backward
+        if _keys.schur_vectors(bwd) in adata.obsm:
+            g._schur_vectors = np.asarray(adata.obsm[_keys.schur_vectors(bwd)])
+            g._schur_matrix = np.asarray(adata.uns.get(_keys.schur_matrix(bwd)))
+        eig = adata.uns.get(_keys.eigendecomposition(bwd))
+        if eig is not None:
+            g._eigendecomposition = dict(eig)
+            g._eigenvalues = np.asarray(eig.get("D"))
+        mkey = _keys.macrostates_memberships(bwd)
+        if mkey in adata.obsm:
+            g._memberships = Lineage.from_adata(adata, mkey)
+            g._macrostates = adata.obs[_keys.macrostates(bwd)].copy()
+            coarse = adata.uns.get(_keys.coarse(bwd), {})
+            names = [str(x) for x in coarse.get("names", g._memberships.names)]
+            g._coarse_T = pd.DataFrame(np.asarray(coarse["T"]), index=names, columns=names) if "T" in coarse else None
+            g._coarse_stationary = np.asarray(coarse.get("stationary_dist")) if "stationary_dist" in coarse else None
+            g._coarse_initial = np.asarray(coarse.get("init_dist")) if "init_dist" in coarse else None
+        for key, attr in ((_keys.terminal_states(bwd), "_terminal"), (_keys.initial_states(bwd), "_initial")):
+            if key in adata.obs:
+                states = adata.obs[key].copy()
+                setattr(g, f"{attr}_states", states.astype("category"))
+                setattr(g, f"{attr}_probs", adata.obs.get(_keys.probs(key)))
+                colors = adata.uns.get(_keys.colors(key))
+                setattr(g, "_term_colors" if attr == "_terminal" else "_init_colors",
+                        None if colors is None else list(colors))
+        lkey = _keys.fate_probabilities(bwd)
+        if lkey in adata.obsm:
+            g._fate_probabilities = Lineage.from_adata(adata, lkey)
+        if _keys.absorption_times(bwd) in adata.obsm:
+            g._absorption_times = pd.DataFrame(adata.obsm[_keys.absorption_times(bwd)])
+        return g
+
+
+def _h5ad_safe(d: dict) -> dict:
+    """Drop None values (h5ad cannot store them)."""
+    return {k: (_h5ad_safe(v) if isinstance(v, dict) else v) for k, v in d.items() if v is not None}
+
+
+def _stationary(P: np.ndarray) -> np.ndarray:
+    """Stationary distribution of a small (coarse) stochastic matrix: left eigenvector of eigenvalue 1."""
+    w, V = np.linalg.eig(P.T)
+    v = np.abs(np.real(V[:, np.argmin(np.abs(w - 1.0))]))
+    return v / v.sum()
+
+
+def _scaled_probs(chi: np.ndarray, assignment: pd.Series, names: list[str]) -> pd.Series:
+    codes = assignment.cat.codes.to_numpy()
+    probs = np.zeros(chi.shape[0])
+    for j in range(len(names)):
+        mask = codes == j
+        probs[mask] = chi[mask, j] / max(chi[:, j].max(), 1e-300)
+    return pd.Series(probs, index=assignment.index)
+
+
+def _name_states(chi: np.ndarray, n_cells: int | None, adata, cluster_key: str | None) -> tuple[list[str], pd.Series]:
+    """Assign the top ``n_cells`` cells of each state; name states after their majority cluster (``_1``, ``_2`` on repeats)."""
+    n, m = chi.shape
+    n_cells = n_cells or max(1, n // (10 * m))
+    tops = [np.argsort(-chi[:, j], kind="stable")[:n_cells] for j in range(m)]
+    if cluster_key is not None:
+        if cluster_key not in adata.obs:
+            raise KeyError(f"No cluster annotation adata.obs[{cluster_key!r}].")
+        col = adata.obs[cluster_key].astype(str).to_numpy()
+        raw = [pd.Series(col[t]).value_counts().index[0] for t in tops]
+    else:
+        raw = [str(j) for j in range(m)]
+    counts = pd.Series(raw).value_counts()
+    seen: dict[str, int] = {}
+    names = []
+    for nm in raw:
+        if counts[nm] > 1:
+            seen[nm] = seen.get(nm, 0) + 1
+            names.append(f"{nm}_{seen[nm]}")
+        else:
+            names.append(nm)
+    labels = np.full(n, None, dtype=object)
+    best = np.argmax(chi, axis=1)
+    for j, top in enumerate(tops):
+        mine = top[best[top] == j] if m > 1 else top
+        labels[mine] = names[j]
+    return names, pd.Series(pd.Categorical(labels, categories=names), index=adata.obs_names)
