@@ -1,0 +1,84 @@
+"""Shared fixtures: the backend fixture (every registered backend, unavailable ones skipped with
+their reason), small generated atlases, and the shared real test data."""
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+matplotlib.use("Agg")
+
+from cellfate_gpu import settings  # noqa: E402
+from cellfate_gpu.backends import available_backends  # noqa: E402
+
+settings.verbosity = 1  # keep test output quiet; tests of logging raise it locally
+
+_HOST_BACKENDS = ["scipy", "jax"]  # the cupy double and petsc have their own suites
+
+
+@pytest.fixture(params=_HOST_BACKENDS)
+def backend(request):
+    """Name of a backend that can run here (skipped with the reason otherwise)."""
+    reason = available_backends().get(request.param, "not registered")
+    if reason is not None:
+        pytest.skip(f"backend {request.param!r} unavailable: {reason}")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def atlas():
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    return synthetic_atlas(n_cells=600, n_lineages=3, n_genes=40, seed=0)
+
+
+@pytest.fixture
+def atlas_copy(atlas):
+    return atlas.copy()
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("CELLFATE_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def toy_adata():
+    import anndata as ad
+
+    path = shared_data_dir() / "cellrank_toy_50.h5ad"
+    if not path.is_file():
+        pytest.skip(f"shared test data not found at {path}")
+    return ad.read_h5ad(path)
+
+
+def random_stochastic(n: int, density: float, seed: int) -> sp.csr_matrix:
+    """Random sparse row-stochastic matrix with a non-zero diagonal (irreducible in practice)."""
+    rng = np.random.default_rng(seed)
+    A = sp.random(n, n, density=density, random_state=rng, format="csr") + sp.identity(n) * 0.1
+    A = sp.csr_matrix(A.multiply(1.0 / np.asarray(A.sum(axis=1))))
+    A.sum_duplicates()
+    return A
+
+
+def knn_chain(n: int, k: int = 12, seed: int = 0, forward: float = 0.3) -> sp.csr_matrix:
+    """A kNN-structured, forward-biased stochastic matrix on a branching 2-D point cloud."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.random(n))
+    side = np.where(rng.random(n) > 0.5, 1.0, -1.0)
+    X = np.c_[t, 0.05 * rng.standard_normal(n) + (t > 0.5) * (t - 0.5) * side]
+    d, idx = cKDTree(X).query(X, k)
+    rows = np.repeat(np.arange(n), k)
+    w = np.exp(-(d.ravel() ** 2) / np.median(d) ** 2) * np.where(t[idx.ravel()] >= t[rows], 1.0, forward)
+    A = sp.csr_matrix((w, (rows, idx.ravel())), shape=(n, n))
+    # A weak chain through the pseudotime order keeps the graph connected, so eigenvalue 1 is simple
+    # (single-vector Krylov methods cannot separate exactly repeated eigenvalues reliably).
+    ring = sp.diags([np.full(n - 1, 1e-2), np.full(n - 1, 1e-2)], [1, -1], shape=(n, n))
+    A = sp.csr_matrix(A + ring)
+    A.sum_duplicates()
+    return sp.csr_matrix(A.multiply(1.0 / np.asarray(A.sum(axis=1))))
