@@ -282,6 +282,8 @@ def _serialisable(params: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(v, bool | int | float | str | np.integer | np.floating):
             out[k] = v
+        elif isinstance(v, dict):
+            out[k] = _serialisable(v)
         elif isinstance(v, list | tuple) and all(isinstance(x, int | float | str) for x in v):
             out[k] = list(v)
         else:
