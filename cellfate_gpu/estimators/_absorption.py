@@ -64,6 +64,20 @@ def _transient_system(backend, T: Any, absorbing: np.ndarray, groups: list[np.nd
     return transient, A, RS
 
 
+def _cells_reaching_no_target(backend, T: Any, targets: np.ndarray) -> int:
+    """Number of cells with no path to ``targets`` (host graph search; only on the failure path)."""
+    from scipy.sparse.csgraph import breadth_first_order
+
+    Th = backend.to_scipy_csr(T)
+    n = Th.shape[0]
+    # Reverse graph with a virtual source linked to every target: reachable = can reach a target.
+    coo = Th.tocoo()
+    rows, cols = np.r_[coo.col, np.full(targets.size, n)], np.r_[coo.row, targets]
+    rev = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n + 1, n + 1))
+    reached = breadth_first_order(rev, n, directed=True, return_predecessors=False)
+    return int(n - (np.sum(reached < n)))
+
+
 def fate_probabilities(
     backend, T: Any, terminal_states: pd.Series, *, keys: list[str] | None = None, method: str = "auto",
     tol: float = 1e-10, preconditioner: str | None = None, maxiter: int | None = None, check_sum_tol: float = 1e-3,
@@ -90,7 +104,19 @@ def fate_probabilities(
     unreachable = [nm for nm, f in zip(names, inflow, strict=True) if f <= 0]
     if unreachable:
         raise ValueError(f"Terminal state(s) {unreachable} cannot be reached from any transient cell.")
-    result = solve(A, RS, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend)
+    result = solve(A, RS, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend,
+                   throw=False)
+    if not result.converged:
+        stuck = _cells_reaching_no_target(backend, T, absorbing)
+        if stuck:
+            raise ValueError(
+                f"{stuck} transient cell(s) reach no terminal state (the chain is reducible); "
+                "add terminal states for the missing end points or use a connected kernel."
+            )
+        raise RuntimeError(
+            f"The absorption solve did not converge (status={result.status.value}, method={result.method!r}). "
+            "Try a larger maxiter, preconditioner='ilu' or 'jacobi', a looser tol, or method='direct'."
+        )
     X = backend.to_host(result.X).reshape(transient.size, len(names))
     n = T.shape[0]
     probs = np.zeros((n, len(names)))
