@@ -124,7 +124,7 @@ def synthetic_atlas(
     with timed("Generating a branching atlas with %d cells, %d lineages, %d genes", n_cells, n_lineages, n_genes):
         rng = np.random.default_rng(seed)
         names = lineage_names(n_lineages)
-        n_trunk = int(round(n_cells * _TRUNK_END))
+        n_trunk = round(n_cells * _TRUNK_END)
         branch = np.concatenate([np.full(n_trunk, -1), rng.integers(0, n_lineages, n_cells - n_trunk)])
         t = np.where(branch < 0, rng.uniform(0, _TRUNK_END, n_cells), rng.uniform(_TRUNK_END, 1.0, n_cells))
         order = np.argsort(t, kind="stable")
@@ -166,7 +166,7 @@ def synthetic_atlas(
         clusters = np.where(
             branch < 0,
             np.where(t < _TRUNK_END / 2, "Root", "Progenitor"),
-            np.where(t < 0.7, np.array([f"{n}_early" for n in names] + [""])[branch], np.array(names + [""])[branch]),
+            np.where(t < 0.7, np.array([f"{n}_early" for n in names] + [""])[branch], np.array([*names, ""])[branch]),
         )
         categories = ["Root", "Progenitor"] + [f"{n}_early" for n in names] + names
         obs = pd.DataFrame(
@@ -175,7 +175,7 @@ def synthetic_atlas(
                 "pseudotime": t,
                 "dpt_pseudotime": t,
                 "lineage": pd.Categorical(
-                    np.where(branch < 0, "Root", np.array(names + [""])[branch]), categories=["Root", *names]
+                    np.where(branch < 0, "Root", np.array([*names, ""])[branch]), categories=["Root", *names]
                 ),
                 "is_terminal": (branch >= 0) & (t >= 0.9),
             },

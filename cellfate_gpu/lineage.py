@@ -8,8 +8,18 @@ import numpy as np
 
 __all__ = ["Lineage", "default_colors"]
 
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf"]
+_PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 
 
 def default_colors(n: int) -> list[str]:
@@ -96,8 +106,9 @@ class Lineage(np.ndarray):
             if col_idx is None:
                 return Lineage(sub, names=self[cols].names, colors=self[cols].colors)
             col_idx = np.atleast_1d(col_idx)
-            return Lineage(np.atleast_2d(sub), names=[self._names[i] for i in col_idx],
-                           colors=[self._colors[i] for i in col_idx])
+            return Lineage(
+                np.atleast_2d(sub), names=[self._names[i] for i in col_idx], colors=[self._colors[i] for i in col_idx]
+            )
         out = self.X[key]
         if out.ndim == 2 and out.shape[1] == self.shape[1]:
             return Lineage(out, names=self._names, colors=self._colors)

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 
 matplotlib.use("Agg")
 
-from cellfate_gpu import settings  # noqa: E402
-from cellfate_gpu.backends import available_backends  # noqa: E402
+from cellfate_gpu import settings
+from cellfate_gpu.backends import available_backends
 
 settings.verbosity = 1  # keep test output quiet; tests of logging raise it locally
 

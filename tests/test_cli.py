@@ -6,7 +6,9 @@ from cellfate_gpu.cli import KernelTerm, main, parse_kernel_spec
 
 
 def test_parse_weighted_sum():
-    terms = parse_kernel_spec("pseudotime:time_key=dpt_pseudotime:weight=0.8:frac_to_keep=0.2 + connectivity:weight=0.2")
+    terms = parse_kernel_spec(
+        "pseudotime:time_key=dpt_pseudotime:weight=0.8:frac_to_keep=0.2 + connectivity:weight=0.2"
+    )
     assert terms == [
         KernelTerm("pseudotime", 0.8, {"time_key": "dpt_pseudotime"}, {"frac_to_keep": 0.2}),
         KernelTerm("connectivity", 0.2, {}, {}),
@@ -21,7 +23,11 @@ def test_parse_values_are_typed():
 
 @pytest.mark.parametrize(
     ("spec", "match"),
-    [("magic", "Unknown kernel 'magic'"), ("pseudotime:frac", "Malformed item 'frac'"), ("pseudotime + ", "Empty term")],
+    [
+        ("magic", "Unknown kernel 'magic'"),
+        ("pseudotime:frac", "Malformed item 'frac'"),
+        ("pseudotime + ", "Empty term"),
+    ],
 )
 def test_parse_errors_name_the_culprit(spec, match):
     with pytest.raises(ValueError, match=match):

@@ -1,5 +1,7 @@
 """Kernels against plain per-row references, algebra identities, reprs, AnnData round trips, walks."""
 
+import itertools
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ def _reference_hard(C, t, frac):
     C = sp.csr_matrix(C)
     out = np.zeros(C.shape)
     for i in range(C.shape[0]):
-        cols, vals = C.indices[C.indptr[i]:C.indptr[i + 1]], C.data[C.indptr[i]:C.indptr[i + 1]]
+        cols, vals = C.indices[C.indptr[i] : C.indptr[i + 1]], C.data[C.indptr[i] : C.indptr[i + 1]]
         k_keep = max(0, min(30, int(np.floor(len(vals) * frac))))
         order = np.argsort(-vals, kind="stable")
         keep = np.zeros(len(vals), bool)
@@ -30,7 +32,7 @@ def _reference_soft(C, t, b, nu):
     C = sp.csr_matrix(C)
     out = np.zeros(C.shape)
     for i in range(C.shape[0]):
-        cols, vals = C.indices[C.indptr[i]:C.indptr[i + 1]], C.data[C.indptr[i]:C.indptr[i + 1]]
+        cols, vals = C.indices[C.indptr[i] : C.indptr[i + 1]], C.data[C.indptr[i] : C.indptr[i + 1]]
         dt = t[i] - t[cols]
         w = np.where(dt > 0, 2.0 / (1.0 + np.exp(b * dt)) ** (1.0 / nu), 1.0)
         out[i, cols] = vals * w
@@ -54,9 +56,12 @@ def test_pseudotime_soft_and_backward(atlas, backend):
     k = PseudotimeKernel(atlas, time_key="pseudotime").compute_transition_matrix("soft", b=5.0, nu=0.7, backend=backend)
     t = atlas.obs["pseudotime"].to_numpy()
     np.testing.assert_allclose(_dense(k), _reference_soft(atlas.obsp["connectivities"], t, 5.0, 0.7), atol=1e-12)
-    kb = PseudotimeKernel(atlas, time_key="pseudotime", backward=True).compute_transition_matrix("soft", backend=backend)
-    np.testing.assert_allclose(_dense(kb), _reference_soft(atlas.obsp["connectivities"], t.max() - t, 10.0, 0.5),
-                               atol=1e-12)
+    kb = PseudotimeKernel(atlas, time_key="pseudotime", backward=True).compute_transition_matrix(
+        "soft", backend=backend
+    )
+    np.testing.assert_allclose(
+        _dense(kb), _reference_soft(atlas.obsp["connectivities"], t.max() - t, 10.0, 0.5), atol=1e-12
+    )
     assert repr(kb).startswith("~PseudotimeKernel[")
 
 
@@ -163,10 +168,11 @@ def test_random_walks_reproducible_and_stop(atlas):
     assert all(w[0] in roots for w in a)
     T = k.transition_matrix
     for w in a:  # every step follows an edge of T
-        assert all(T[i, j] > 0 for i, j in zip(w[:-1], w[1:], strict=True))
+        assert all(T[i, j] > 0 for i, j in itertools.pairwise(w))
     terminal = atlas.obs["is_terminal"].to_numpy()
-    stopped = k.simulate_random_walks(n_sims=20, seed=3, start_ixs={"clusters": ["Root"]}, stop_ixs=terminal,
-                                      max_iter=1.0)
+    stopped = k.simulate_random_walks(
+        n_sims=20, seed=3, start_ixs={"clusters": ["Root"]}, stop_ixs=terminal, max_iter=1.0
+    )
     for w in stopped:
         assert terminal[w[-1]] and not terminal[w[:-1]].any()
 

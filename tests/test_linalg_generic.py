@@ -11,10 +11,6 @@ from cellfate_gpu.linalg import SchurError, SolveError, partial_eig, partial_sch
 from cellfate_gpu.linalg.krylov_schur import sort_key
 
 
-def _host(x):
-    return np.asarray(x) if not hasattr(x, "__array_namespace__") or isinstance(x, np.ndarray) else np.asarray(x)
-
-
 def _reference_eigs(A, which, k):
     """Top-k eigenvalues by `which` and their condition numbers 1/|w^H v| (unit left/right vectors)."""
     ev, W, V = sla.eig(A.toarray(), left=True, right=True)
@@ -60,8 +56,9 @@ def test_partial_schur_keeps_conjugate_pair_together():
     A = sp.csr_matrix(sla.block_diag(*blocks))
     res = partial_schur(A, 2, which="LR")
     assert res.Q.shape[1] == 3
-    np.testing.assert_allclose(np.sort_complex(res.eigenvalues), np.sort_complex([0.9, 0.8 + 0.3j, 0.8 - 0.3j]),
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        np.sort_complex(res.eigenvalues), np.sort_complex([0.9, 0.8 + 0.3j, 0.8 - 0.3j]), atol=1e-10
+    )
 
 
 def test_partial_eig_left_and_right():
@@ -113,7 +110,7 @@ def test_too_few_iterations_reports_max_iter():
     res = solve(A, B, method="gmres", maxiter=3, tol=1e-12, throw=False)
     assert res.status is Status.MAX_ITER
     assert np.any(res.residual_norms > 1e-12)
-    with pytest.raises(SolveError, match="did not converge.*maxiter"):
+    with pytest.raises(SolveError, match=r"did not converge.*maxiter"):
         solve(A, B, method="gmres", maxiter=3, tol=1e-12)
 
 

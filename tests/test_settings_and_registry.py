@@ -21,8 +21,12 @@ def test_using_restores_on_exit_and_on_error():
 
 @pytest.mark.parametrize(
     ("key", "value", "match"),
-    [("dtype", "int8", "dtype must be float32 or float64"), ("verbosity", 7, "verbosity must be between"),
-     ("verbosity", "loud", "verbosity must be one of"), ("colour", "red", "Unknown setting 'colour'")],
+    [
+        ("dtype", "int8", "dtype must be float32 or float64"),
+        ("verbosity", 7, "verbosity must be between"),
+        ("verbosity", "loud", "verbosity must be one of"),
+        ("colour", "red", "Unknown setting 'colour'"),
+    ],
 )
 def test_bad_settings_name_the_value(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -148,9 +148,15 @@ def _direct_solve(A, B) -> SolveResult:
         lu = spla.splu(sp.csc_matrix(A))
     except RuntimeError as err:  # "Factor is exactly singular"
         return SolveResult(
-            status=Status.BREAKDOWN, iterations=0, matvecs=0, seconds=time.perf_counter() - start, backend="scipy",
-            X=np.full(B.shape, np.nan), residual_norms=np.full(1 if B.ndim == 1 else B.shape[1], np.inf),
-            method="direct", message=str(err),
+            status=Status.BREAKDOWN,
+            iterations=0,
+            matvecs=0,
+            seconds=time.perf_counter() - start,
+            backend="scipy",
+            X=np.full(B.shape, np.nan),
+            residual_norms=np.full(1 if B.ndim == 1 else B.shape[1], np.inf),
+            method="direct",
+            message=str(err),
         )
     X = lu.solve(B.astype(np.result_type(B.dtype, A.dtype, np.float64), copy=False))
     Bm, Xm = B.reshape(B.shape[0], -1), X.reshape(X.shape[0], -1)

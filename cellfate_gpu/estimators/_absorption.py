@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellfate_gpu.lineage import Lineage
 from cellfate_gpu.linalg import solve
+from cellfate_gpu.lineage import Lineage
 
 __all__ = ["fate_probabilities", "absorption_times", "terminal_indicator"]
 
 
-def terminal_indicator(terminal_states: pd.Series, keys: list[str] | None = None) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
+def terminal_indicator(
+    terminal_states: pd.Series, keys: list[str] | None = None
+) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
     """Absorbing cell indices, lineage names and the cells of each lineage (``"A, B"`` merges A and B)."""
     if not isinstance(terminal_states.dtype, pd.CategoricalDtype):
         raise TypeError("terminal_states must be a categorical Series (NaN for non-terminal cells).")
@@ -79,8 +81,16 @@ def _cells_reaching_no_target(backend, T: Any, targets: np.ndarray) -> int:
 
 
 def fate_probabilities(
-    backend, T: Any, terminal_states: pd.Series, *, keys: list[str] | None = None, method: str = "auto",
-    tol: float = 1e-10, preconditioner: str | None = None, maxiter: int | None = None, check_sum_tol: float = 1e-3,
+    backend,
+    T: Any,
+    terminal_states: pd.Series,
+    *,
+    keys: list[str] | None = None,
+    method: str = "auto",
+    tol: float = 1e-10,
+    preconditioner: str | None = None,
+    maxiter: int | None = None,
+    check_sum_tol: float = 1e-3,
     colors: list[str] | None = None,
 ):
     """Probability that a walk from each cell is absorbed in each terminal state.
@@ -104,8 +114,9 @@ def fate_probabilities(
     unreachable = [nm for nm, f in zip(names, inflow, strict=True) if f <= 0]
     if unreachable:
         raise ValueError(f"Terminal state(s) {unreachable} cannot be reached from any transient cell.")
-    result = solve(A, RS, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend,
-                   throw=False)
+    result = solve(
+        A, RS, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend, throw=False
+    )
     if not result.converged:
         stuck = _cells_reaching_no_target(backend, T, absorbing)
         if stuck:
@@ -144,8 +155,16 @@ def fate_probabilities(
 
 
 def absorption_times(
-    backend, T: Any, terminal_states: pd.Series, *, keys: list[str] | None = None, calculate_variance: bool = False,
-    method: str = "auto", tol: float = 1e-10, preconditioner: str | None = None, maxiter: int | None = None,
+    backend,
+    T: Any,
+    terminal_states: pd.Series,
+    *,
+    keys: list[str] | None = None,
+    calculate_variance: bool = False,
+    method: str = "auto",
+    tol: float = 1e-10,
+    preconditioner: str | None = None,
+    maxiter: int | None = None,
     index: Any = None,
 ) -> pd.DataFrame:
     """Expected number of steps until absorption in each lineage (``{lin}_mean``, ``{lin}_var`` columns).
@@ -168,8 +187,15 @@ def absorption_times(
         out[f"{name}_mean"] = mean
         if calculate_variance:
             # v = (2N - I) m - m∘m, with N m from one more solve of (I - Q) y = m.
-            res2 = solve(A, backend.asarray(m), method=method, tol=tol, preconditioner=preconditioner,
-                         maxiter=maxiter, backend=backend)
+            res2 = solve(
+                A,
+                backend.asarray(m),
+                method=method,
+                tol=tol,
+                preconditioner=preconditioner,
+                maxiter=maxiter,
+                backend=backend,
+            )
             Nm = backend.to_host(res2.X).ravel()
             var = np.zeros(n)
             var[transient] = np.maximum(2.0 * Nm - m - m * m, 0.0)

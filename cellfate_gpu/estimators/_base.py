@@ -1,5 +1,6 @@
-"""What every estimator shares: the kernel and its backend, terminal/initial states, and the
-downstream results (fate probabilities, absorption times, priming, drivers) under CellRank's keys.
+"""What every estimator shares.
+
+The kernel and its backend, terminal/initial states, and the downstream results (fate probabilities, absorption times, priming, drivers) under CellRank's keys.
 
 Results are computed completely before anything is written to the AnnData, so a failing step
 leaves no half-written state behind.
@@ -34,8 +35,11 @@ def short_kernel_repr(kernel: Kernel) -> str:
         if isinstance(kernel, _Scaled):
             return f"{kernel.constant:g} * {short_kernel_repr(kernel._children[0])}"
         sep = " + " if isinstance(kernel, _Sum) else " * "
-        return "(" + sep.join(short_kernel_repr(c) for c in kernel._children) + ")" if isinstance(
-            kernel, _Sum | _Product) else repr(kernel)
+        return (
+            "(" + sep.join(short_kernel_repr(c) for c in kernel._children) + ")"
+            if isinstance(kernel, _Sum | _Product)
+            else repr(kernel)
+        )
     return f"{'~' if kernel.backward else ''}{type(kernel).__name__}[n={len(kernel)}]"
 
 
@@ -51,7 +55,7 @@ def _as_kernel(obj: Any, backward: bool, obsp_key: str | None) -> Kernel:
     raise TypeError(f"Expected a kernel, an AnnData or a matrix, got {type(obj).__name__}.")
 
 
-class BaseEstimator(abc.ABC):
+class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and CFLARE are concrete
     """Abstract base of :class:`GPCCA` and :class:`CFLARE`.
 
     Parameters
@@ -145,7 +149,9 @@ class BaseEstimator(abc.ABC):
         return fn(self.backward)
 
     # ---------------------------------------------------------------- setting states
-    def _states_from(self, states: Any, cluster_key: str | None, n_cells: int | None) -> tuple[pd.Series, pd.Series, list[str]]:
+    def _states_from(
+        self, states: Any, cluster_key: str | None, n_cells: int | None
+    ) -> tuple[pd.Series, pd.Series, list[str]]:
         """Normalise list / dict / Series input to (categorical assignment, probabilities, colours)."""
         obs_names = self.adata.obs_names
         n = self.adata.n_obs
@@ -154,14 +160,24 @@ class BaseEstimator(abc.ABC):
                 raise TypeError("A Series of states must be categorical (NaN for unassigned cells).")
             if len(states) != n:
                 raise ValueError(f"States Series has {len(states)} entries, expected {n} cells.")
-            cats = states.reindex(obs_names) if states.index.equals(obs_names) is False and states.index.isin(obs_names).all() else states
-            assignment = pd.Series(pd.Categorical(np.asarray(cats.astype(object)), categories=[str(c) for c in states.cat.categories]), index=obs_names)
+            cats = (
+                states.reindex(obs_names)
+                if states.index.equals(obs_names) is False and states.index.isin(obs_names).all()
+                else states
+            )
+            assignment = pd.Series(
+                pd.Categorical(np.asarray(cats.astype(object)), categories=[str(c) for c in states.cat.categories]),
+                index=obs_names,
+            )
         elif isinstance(states, dict):
             labels = np.full(n, None, dtype=object)
             for name, cells in states.items():
                 arr = np.asarray(cells)
-                idx = obs_names.get_indexer(arr.astype(str)) if arr.dtype.kind not in "iub" else (
-                    np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int))
+                idx = (
+                    obs_names.get_indexer(arr.astype(str))
+                    if arr.dtype.kind not in "iub"
+                    else (np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int))
+                )
                 if np.any(idx < 0):
                     raise KeyError(f"State {name!r}: {int(np.sum(idx < 0))} cell names not found in adata.obs_names.")
                 labels[idx] = str(name)
@@ -170,7 +186,9 @@ class BaseEstimator(abc.ABC):
             names = [states] if isinstance(states, str) else list(states)
             return self._states_from_names(names, cluster_key, n_cells)
         else:
-            raise TypeError(f"States must be a list of names, a dict or a categorical Series, got {type(states).__name__}.")
+            raise TypeError(
+                f"States must be a list of names, a dict or a categorical Series, got {type(states).__name__}."
+            )
         empty = [c for c in assignment.cat.categories if (assignment == c).sum() == 0]
         if empty:
             raise ValueError(f"State(s) {empty} contain no cells.")
@@ -201,8 +219,14 @@ class BaseEstimator(abc.ABC):
         self.adata.obs[_keys.probs(key)] = probs.values
         self.adata.uns[_keys.colors(key)] = np.array(colors, dtype=object)
 
-    def set_terminal_states(self, states: Any, cluster_key: str | None = None, allow_overlap: bool = False,
-                            n_cells: int | None = 30, **kwargs: Any) -> BaseEstimator:
+    def set_terminal_states(
+        self,
+        states: Any,
+        cluster_key: str | None = None,
+        allow_overlap: bool = False,
+        n_cells: int | None = 30,
+        **kwargs: Any,
+    ) -> BaseEstimator:
         """Set terminal states from macrostate/cluster names, a dict of cells, or a categorical Series."""
         assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
         self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
@@ -212,8 +236,14 @@ class BaseEstimator(abc.ABC):
         info("Setting terminal states %s", list(assignment.cat.categories))
         return self
 
-    def set_initial_states(self, states: Any, cluster_key: str | None = None, allow_overlap: bool = False,
-                           n_cells: int | None = 30, **kwargs: Any) -> BaseEstimator:
+    def set_initial_states(
+        self,
+        states: Any,
+        cluster_key: str | None = None,
+        allow_overlap: bool = False,
+        n_cells: int | None = 30,
+        **kwargs: Any,
+    ) -> BaseEstimator:
         """Set initial states (same input forms as :meth:`set_terminal_states`)."""
         assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
         self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
@@ -242,12 +272,15 @@ class BaseEstimator(abc.ABC):
         if len(set(renamed)) != len(renamed):
             raise ValueError(f"Renaming would create duplicate names: {renamed}.")
         self._terminal_states = self._terminal_states.cat.rename_categories(renamed)
-        self._write_states(_keys.terminal_states(self.backward), self._terminal_states, self._terminal_probs,
-                           self._term_colors)
+        self._write_states(
+            _keys.terminal_states(self.backward), self._terminal_states, self._terminal_probs, self._term_colors
+        )
         if self._fate_probabilities is not None:
-            self._fate_probabilities = Lineage(self._fate_probabilities.X,
-                                               names=[new_names.get(n, n) for n in self._fate_probabilities.names],
-                                               colors=self._fate_probabilities.colors)
+            self._fate_probabilities = Lineage(
+                self._fate_probabilities.X,
+                names=[new_names.get(n, n) for n in self._fate_probabilities.names],
+                colors=self._fate_probabilities.colors,
+            )
             self._fate_probabilities.to_adata(self.adata, _keys.fate_probabilities(self.backward))
         return self
 
@@ -266,9 +299,18 @@ class BaseEstimator(abc.ABC):
         info("Moving T from backend %r to %r for this computation", self._backend.name, be.name)
         return be, be.from_scipy_csr(self.transition_matrix)
 
-    def compute_fate_probabilities(self, keys: list[str] | None = None, solver: str = "auto", tol: float = 1e-10,
-                                   preconditioner: str | None = None, backend: Any = None, check_sum_tol: float = 1e-3,
-                                   maxiter: int | None = None, method: str | None = None, **kwargs: Any) -> Lineage:
+    def compute_fate_probabilities(
+        self,
+        keys: list[str] | None = None,
+        solver: str = "auto",
+        tol: float = 1e-10,
+        preconditioner: str | None = None,
+        backend: Any = None,
+        check_sum_tol: float = 1e-3,
+        maxiter: int | None = None,
+        method: str | None = None,
+        **kwargs: Any,
+    ) -> Lineage:
         """Absorption probabilities into each terminal state, all lineages in one block solve."""
         terminal = self._require_terminal("compute_fate_probabilities")
         be, T = self._solve_backend_and_T(backend)
@@ -277,22 +319,47 @@ class BaseEstimator(abc.ABC):
             colors = None
             if keys is None and self._term_colors is not None:
                 colors = list(self._term_colors)
-            lin, _ = fate_probabilities(be, T, terminal, keys=keys, method=method or solver, tol=tol,
-                                        preconditioner=preconditioner, maxiter=maxiter, check_sum_tol=check_sum_tol,
-                                        colors=colors if colors and len(colors) == len(cats) else None)
+            lin, _ = fate_probabilities(
+                be,
+                T,
+                terminal,
+                keys=keys,
+                method=method or solver,
+                tol=tol,
+                preconditioner=preconditioner,
+                maxiter=maxiter,
+                check_sum_tol=check_sum_tol,
+                colors=colors if colors and len(colors) == len(cats) else None,
+            )
         self._fate_probabilities = lin
         lin.to_adata(self.adata, _keys.fate_probabilities(self.backward))
         return lin
 
-    def compute_absorption_times(self, keys: list[str] | None = None, calculate_variance: bool = False,
-                                 solver: str = "auto", tol: float = 1e-10, preconditioner: str | None = None,
-                                 backend: Any = None, **kwargs: Any) -> pd.DataFrame:
+    def compute_absorption_times(
+        self,
+        keys: list[str] | None = None,
+        calculate_variance: bool = False,
+        solver: str = "auto",
+        tol: float = 1e-10,
+        preconditioner: str | None = None,
+        backend: Any = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
         """Mean (and variance of) the number of steps until absorption, per lineage."""
         terminal = self._require_terminal("compute_absorption_times")
         be, T = self._solve_backend_and_T(backend)
         with timed("Computing absorption times (backend=%r)", be.name):
-            df = absorption_times(be, T, terminal, keys=keys, calculate_variance=calculate_variance, method=solver,
-                                  tol=tol, preconditioner=preconditioner, index=self.adata.obs_names)
+            df = absorption_times(
+                be,
+                T,
+                terminal,
+                keys=keys,
+                calculate_variance=calculate_variance,
+                method=solver,
+                tol=tol,
+                preconditioner=preconditioner,
+                index=self.adata.obs_names,
+            )
         self._absorption_times = df
         self.adata.obsm[_keys.absorption_times(self.backward)] = df
         return df
@@ -300,7 +367,9 @@ class BaseEstimator(abc.ABC):
     def compute_lineage_priming(self, method: str = "kl_divergence", early_cells: Any = None) -> np.ndarray:
         """Degree of lineage priming of every cell (see :meth:`Lineage.priming_degree`)."""
         if self._fate_probabilities is None:
-            raise RuntimeError("compute_lineage_priming needs fate probabilities; call compute_fate_probabilities first.")
+            raise RuntimeError(
+                "compute_lineage_priming needs fate probabilities; call compute_fate_probabilities first."
+            )
         if isinstance(early_cells, dict):
             from cellfate_gpu.kernels._random_walk import resolve_cells
 
@@ -310,13 +379,24 @@ class BaseEstimator(abc.ABC):
         self.adata.obs[_keys.priming_degree(self.backward)] = values
         return values
 
-    def compute_lineage_drivers(self, lineages: list[str] | str | None = None, method: str = "fisher",
-                                cluster_key: str | None = None, clusters: list[str] | None = None,
-                                layer: str | None = None, use_raw: bool = False, confidence_level: float = 0.95,
-                                n_perms: int = 1000, seed: int | None = None, **kwargs: Any) -> pd.DataFrame:
+    def compute_lineage_drivers(
+        self,
+        lineages: list[str] | str | None = None,
+        method: str = "fisher",
+        cluster_key: str | None = None,
+        clusters: list[str] | None = None,
+        layer: str | None = None,
+        use_raw: bool = False,
+        confidence_level: float = 0.95,
+        n_perms: int = 1000,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> pd.DataFrame:
         """Correlate gene expression with fate probabilities (CellRank's lineage drivers)."""
         if self._fate_probabilities is None:
-            raise RuntimeError("compute_lineage_drivers needs fate probabilities; call compute_fate_probabilities first.")
+            raise RuntimeError(
+                "compute_lineage_drivers needs fate probabilities; call compute_fate_probabilities first."
+            )
         probs = self._fate_probabilities
         names = probs.names if lineages is None else ([lineages] if isinstance(lineages, str) else list(lineages))
         probs = probs[names]
@@ -334,8 +414,16 @@ class BaseEstimator(abc.ABC):
             if cells.size == 0:
                 raise ValueError(f"No cells in clusters {clusters} of adata.obs[{cluster_key!r}].")
         with timed("Computing lineage drivers for %s (%d genes)", names, X.shape[1]):
-            df = lineage_drivers(X[cells], probs.X[cells], list(source.var_names), probs.names, method=method,
-                                 confidence_level=confidence_level, n_perms=n_perms, seed=seed)
+            df = lineage_drivers(
+                X[cells],
+                probs.X[cells],
+                list(source.var_names),
+                probs.names,
+                method=method,
+                confidence_level=confidence_level,
+                n_perms=n_perms,
+                seed=seed,
+            )
         self._lineage_drivers = df
         if not use_raw:
             self.adata.varm[_keys.lineage_drivers(self.backward)] = df.reindex(self.adata.var_names)
@@ -358,6 +446,8 @@ class BaseEstimator(abc.ABC):
         return "None" if s is None else repr([str(c) for c in s.cat.categories])
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}[kernel={short_kernel_repr(self._kernel)}, "
-                f"initial_states={self._states_repr(self._initial_states)}, "
-                f"terminal_states={self._states_repr(self._terminal_states)}]")
+        return (
+            f"{type(self).__name__}[kernel={short_kernel_repr(self._kernel)}, "
+            f"initial_states={self._states_repr(self._initial_states)}, "
+            f"terminal_states={self._states_repr(self._terminal_states)}]"
+        )

@@ -34,14 +34,18 @@ class CFLARE(BaseEstimator):
         """CellRank's eigendecomposition dict (``D``, ``V_l``, ``V_r``, ``eigengap``, ``stationary_dist``)."""
         return self._eigendecomposition
 
-    def compute_eigendecomposition(self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False,
-                                   **kwargs: Any) -> CFLARE:
+    def compute_eigendecomposition(
+        self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, **kwargs: Any
+    ) -> CFLARE:
         """Top-``k`` eigenvalues with left and right eigenvectors on T's backend."""
         k = min(k, self.adata.n_obs - 1)
         res = partial_eig(self._T, k, which=which, left=not only_evals, vectors=not only_evals, backend=self._backend)
         evals = np.asarray(res.eigenvalues)
-        eig: dict[str, Any] = {"D": evals, "eigengap": core.eigengap(evals, alpha),
-                               "params": {"which": which, "k": len(evals), "alpha": alpha}}
+        eig: dict[str, Any] = {
+            "D": evals,
+            "eigengap": core.eigengap(evals, alpha),
+            "params": {"which": which, "k": len(evals), "alpha": alpha},
+        }
         if not only_evals:
             eig["V_r"] = self._backend.to_host(res.vectors)
             eig["V_l"] = self._backend.to_host(res.left_vectors)
@@ -51,10 +55,20 @@ class CFLARE(BaseEstimator):
         self.adata.uns[_keys.eigendecomposition(self.backward)] = eig
         return self
 
-    def predict(self, use: int | list[int] | None = None, percentile: int | None = 98, method: str = "kmeans",
-                cluster_key: str | None = None, n_clusters_kmeans: int | None = None, n_matches_min: int = 0,
-                n_neighbors: int = 20, resolution: float = 0.1, n_cells: int | None = None, seed: int = 0,
-                **kwargs: Any) -> CFLARE:
+    def predict(
+        self,
+        use: int | list[int] | None = None,
+        percentile: int | None = 98,
+        method: str = "kmeans",
+        cluster_key: str | None = None,
+        n_clusters_kmeans: int | None = None,
+        n_matches_min: int = 0,
+        n_neighbors: int = 20,
+        resolution: float = 0.1,
+        n_cells: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> CFLARE:
         """Filter cells by eigenvector extremes, cluster them, and set the clusters as terminal states."""
         if self._eigendecomposition is None or "V_l" not in self._eigendecomposition:
             self.compute_eigendecomposition()
@@ -96,8 +110,9 @@ def _cluster_names(labels: np.ndarray, keep: np.ndarray, adata, cluster_key: str
     if cluster_key is None:
         return [str(j) for j in range(n)]
     col = adata.obs[cluster_key].astype(str).to_numpy()
-    raw = [pd.Series(col[keep[labels == j]]).value_counts().index[0] if np.any(labels == j) else str(j)
-           for j in range(n)]
+    raw = [
+        pd.Series(col[keep[labels == j]]).value_counts().index[0] if np.any(labels == j) else str(j) for j in range(n)
+    ]
     counts = pd.Series(raw).value_counts()
     seen: dict[str, int] = {}
     out = []

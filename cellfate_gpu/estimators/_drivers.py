@@ -2,7 +2,10 @@ r"""Lineage drivers: genes whose expression correlates with fate probabilities.
 
 For gene :math:`g` and lineage :math:`l`, Pearson's
 
-.. math:: r_{gl} = \frac{\sum_i (x_{ig} - \bar x_g)(p_{il} - \bar p_l)}{\sqrt{\sum_i (x_{ig} - \bar x_g)^2}\,\sqrt{\sum_i (p_{il} - \bar p_l)^2}}
+.. math::
+
+    r_{gl} = \frac{\sum_i (x_{ig} - \bar x_g)(p_{il} - \bar p_l)}
+                  {\sqrt{\sum_i (x_{ig} - \bar x_g)^2}\,\sqrt{\sum_i (p_{il} - \bar p_l)^2}}
 
 for all genes and lineages from one sparse product :math:`X^\top P` plus column sums (the
 expression matrix is never densified or centred whole). As in CellRank 2.3.3 the plain sample
@@ -48,7 +51,7 @@ def correlations(X: Any, P: np.ndarray) -> np.ndarray:
     Pc = P - P.mean(axis=0)
     if sp.issparse(X):
         X = sp.csr_matrix(X)
-        cross = np.asarray((X.T @ Pc))  # sum_i x_ig (p_il - mean_l) = centred cross product
+        cross = np.asarray(X.T @ Pc)  # sum_i x_ig (p_il - mean_l) = centred cross product
         s1 = np.asarray(X.sum(axis=0)).ravel()
         s2 = np.asarray(X.multiply(X).sum(axis=0)).ravel()
     else:
@@ -64,8 +67,15 @@ def correlations(X: Any, P: np.ndarray) -> np.ndarray:
 
 
 def lineage_drivers(
-    X: Any, probs: np.ndarray, gene_names: list[str], lineage_names: list[str], *, method: str = "fisher",
-    confidence_level: float = 0.95, n_perms: int = 1000, seed: int | None = None,
+    X: Any,
+    probs: np.ndarray,
+    gene_names: list[str],
+    lineage_names: list[str],
+    *,
+    method: str = "fisher",
+    confidence_level: float = 0.95,
+    n_perms: int = 1000,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """Correlation of every gene with every lineage, with p-values, q-values and confidence intervals.
 

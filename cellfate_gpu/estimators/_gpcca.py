@@ -11,8 +11,8 @@ from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu.estimators import _gpcca_core as core
 from cellfate_gpu.estimators._base import BaseEstimator
-from cellfate_gpu.lineage import Lineage, default_colors
 from cellfate_gpu.linalg import partial_eig, partial_schur
+from cellfate_gpu.lineage import Lineage, default_colors
 
 __all__ = ["GPCCA"]
 
@@ -82,8 +82,15 @@ class GPCCA(BaseEstimator):
         return pd.Series(self._coarse_stationary, index=self._coarse_T.index)
 
     # ---------------------------------------------------------------- decompositions
-    def compute_schur(self, n_components: int = 20, which: str = "LR", method: str | None = None, alpha: float = 1.0,
-                      tol: float = 1e-10, **kwargs: Any) -> GPCCA:
+    def compute_schur(
+        self,
+        n_components: int = 20,
+        which: str = "LR",
+        method: str | None = None,
+        alpha: float = 1.0,
+        tol: float = 1e-10,
+        **kwargs: Any,
+    ) -> GPCCA:
         """Partial real Schur decomposition of T on its backend (:func:`cellfate_gpu.linalg.partial_schur`)."""
         n = self.adata.n_obs
         k = min(n_components, n - 1)
@@ -94,7 +101,9 @@ class GPCCA(BaseEstimator):
         self._schur_vectors, self._schur_matrix, self._eigenvalues = X, Rp, evals
         gap = core.eigengap(evals, alpha)
         self._eigendecomposition = {
-            "D": evals, "eigengap": gap, "params": {"which": which, "k": int(len(evals)), "alpha": alpha},
+            "D": evals,
+            "eigengap": gap,
+            "params": {"which": which, "k": len(evals), "alpha": alpha},
         }
         self.adata.obsm[_keys.schur_vectors(self.backward)] = X
         self.adata.uns[_keys.schur_matrix(self.backward)] = Rp
@@ -102,13 +111,24 @@ class GPCCA(BaseEstimator):
         info("Schur decomposition: %d vectors, eigengap suggests %d states", X.shape[1], gap + 1)
         return self
 
-    def compute_eigendecomposition(self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False,
-                                   **kwargs: Any) -> GPCCA:
+    def compute_eigendecomposition(
+        self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, **kwargs: Any
+    ) -> GPCCA:
         """Top-``k`` eigenvalues, right/left eigenvectors, stationary distribution and eigengap."""
-        res = partial_eig(self._T, min(k, self.adata.n_obs - 1), which=which, left=not only_evals,
-                          vectors=not only_evals, backend=self._backend)
+        res = partial_eig(
+            self._T,
+            min(k, self.adata.n_obs - 1),
+            which=which,
+            left=not only_evals,
+            vectors=not only_evals,
+            backend=self._backend,
+        )
         evals = np.asarray(res.eigenvalues)
-        eig = {"D": evals, "eigengap": core.eigengap(evals, alpha), "params": {"which": which, "k": len(evals), "alpha": alpha}}
+        eig = {
+            "D": evals,
+            "eigengap": core.eigengap(evals, alpha),
+            "params": {"which": which, "k": len(evals), "alpha": alpha},
+        }
         if not only_evals:
             V_r, V_l = self._backend.to_host(res.vectors), self._backend.to_host(res.left_vectors)
             eig["V_r"], eig["V_l"] = V_r, V_l
@@ -131,8 +151,11 @@ class GPCCA(BaseEstimator):
             if not 2 <= lo <= hi:
                 raise ValueError(f"n_states range must satisfy 2 <= min <= max, got {n_states!r}.")
             self._ensure_schur(hi + 1)
-            scores = {m: core.min_chi(self._schur_vectors, m) for m in range(lo, hi + 1)
-                      if not core.splits_conjugate_pair(self._eigenvalues, m)}
+            scores = {
+                m: core.min_chi(self._schur_vectors, m)
+                for m in range(lo, hi + 1)
+                if not core.splits_conjugate_pair(self._eigenvalues, m)
+            }
             best = max(scores, key=scores.get)
             info("minChi selected %d states from %s", best, {m: round(v, 3) for m, v in scores.items()})
             return best
@@ -145,8 +168,14 @@ class GPCCA(BaseEstimator):
         if self._schur_vectors is None or self._schur_vectors.shape[1] < m:
             self.compute_schur(n_components=max(m, 20 if self._schur_vectors is None else m))
 
-    def compute_macrostates(self, n_states: int | list[int] | None = None, n_cells: int | None = 30,
-                            cluster_key: str | None = None, optimizer: str = "l-bfgs", **kwargs: Any) -> GPCCA:
+    def compute_macrostates(
+        self,
+        n_states: int | list[int] | None = None,
+        n_cells: int | None = 30,
+        cluster_key: str | None = None,
+        optimizer: str = "l-bfgs",
+        **kwargs: Any,
+    ) -> GPCCA:
         """Macrostates from the Schur vectors: memberships, names, colours and the coarse chain."""
         if optimizer not in ("l-bfgs", "nelder-mead"):
             raise ValueError(f"optimizer must be 'l-bfgs' or 'nelder-mead', got {optimizer!r}.")
@@ -185,14 +214,22 @@ class GPCCA(BaseEstimator):
         self._write_states(key, assignment, probs, colors)
         self._memberships.to_adata(self.adata, _keys.macrostates_memberships(self.backward))
         self.adata.uns[_keys.coarse(self.backward)] = {
-            "T": coarse, "names": np.array(names, dtype=object), "stationary_dist": self._coarse_stationary,
-            "init_dist": self._coarse_initial, "crispness": float(crisp),
+            "T": coarse,
+            "names": np.array(names, dtype=object),
+            "stationary_dist": self._coarse_stationary,
+            "init_dist": self._coarse_initial,
+            "crispness": float(crisp),
         }
         info("Macrostates %s (crispness %.3f)", names, crisp)
         return self
 
-    def fit(self, n_states: int | list[int] | None = None, n_cells: int | None = 30, cluster_key: str | None = None,
-            **kwargs: Any) -> GPCCA:
+    def fit(
+        self,
+        n_states: int | list[int] | None = None,
+        n_cells: int | None = 30,
+        cluster_key: str | None = None,
+        **kwargs: Any,
+    ) -> GPCCA:
         """Schur decomposition (enough vectors for ``n_states``) followed by :meth:`compute_macrostates`."""
         m = max(n_states) if isinstance(n_states, list | tuple) else (n_states or 0)
         if self._schur_vectors is None or self._schur_vectors.shape[1] < m + 1:
@@ -204,9 +241,15 @@ class GPCCA(BaseEstimator):
         if self._macrostates is None:
             raise RuntimeError("Compute macrostates first: fit(...) or compute_macrostates(...).")
 
-    def predict_terminal_states(self, method: str = "stability", n_cells: int = 30, alpha: float = 1.0,
-                                stability_threshold: float = 0.96, n_states: int | None = None,
-                                allow_overlap: bool = False) -> GPCCA:
+    def predict_terminal_states(
+        self,
+        method: str = "stability",
+        n_cells: int = 30,
+        alpha: float = 1.0,
+        stability_threshold: float = 0.96,
+        n_states: int | None = None,
+        allow_overlap: bool = False,
+    ) -> GPCCA:
         """Terminal states among the macrostates: the most stable ones (diagonal of the coarse T)."""
         self._require_macrostates()
         names = list(self._coarse_T.index)
@@ -215,15 +258,20 @@ class GPCCA(BaseEstimator):
         if method == "stability":
             chosen = [names[i] for i in order if stability[i] >= stability_threshold]
             if not chosen:
-                raise ValueError(f"No macrostate has stability >= {stability_threshold}; max is {stability.max():.3f}. "
-                                 "Lower stability_threshold or use method='top_n'.")
+                raise ValueError(
+                    f"No macrostate has stability >= {stability_threshold}; max is {stability.max():.3f}. "
+                    "Lower stability_threshold or use method='top_n'."
+                )
         elif method == "top_n":
             if n_states is None or not 1 <= n_states <= len(names):
                 raise ValueError(f"method='top_n' needs 1 <= n_states <= {len(names)}, got {n_states!r}.")
             chosen = [names[i] for i in order[:n_states]]
         elif method in ("eigengap", "eigengap_coarse"):
-            ev = np.sort(np.real(np.linalg.eigvals(self._coarse_T.to_numpy())))[::-1] if method == "eigengap_coarse" \
+            ev = (
+                np.sort(np.real(np.linalg.eigvals(self._coarse_T.to_numpy())))[::-1]
+                if method == "eigengap_coarse"
                 else np.real(self._eigenvalues)
+            )
             k = min(core.eigengap(ev, alpha) + 1, len(names))
             chosen = [names[i] for i in order[:k]]
         else:
@@ -237,8 +285,9 @@ class GPCCA(BaseEstimator):
         if not 1 <= n_states <= len(names):
             raise ValueError(f"n_states must be in [1, {len(names)}], got {n_states}.")
         order = np.argsort(self._coarse_stationary, kind="stable")
-        return self._set_from_macrostates([names[i] for i in order[:n_states]], n_cells, terminal=False,
-                                          allow_overlap=allow_overlap)
+        return self._set_from_macrostates(
+            [names[i] for i in order[:n_states]], n_cells, terminal=False, allow_overlap=allow_overlap
+        )
 
     def _set_from_macrostates(self, chosen: list[str], n_cells: int, *, terminal: bool, allow_overlap: bool) -> GPCCA:
         names = list(self._memberships.names)
@@ -334,8 +383,11 @@ class GPCCA(BaseEstimator):
                 setattr(g, f"{attr}_states", states.astype("category"))
                 setattr(g, f"{attr}_probs", adata.obs.get(_keys.probs(key)))
                 colors = adata.uns.get(_keys.colors(key))
-                setattr(g, "_term_colors" if attr == "_terminal" else "_init_colors",
-                        None if colors is None else list(colors))
+                setattr(
+                    g,
+                    "_term_colors" if attr == "_terminal" else "_init_colors",
+                    None if colors is None else list(colors),
+                )
         lkey = _keys.fate_probabilities(bwd)
         if lkey in adata.obsm:
             g._fate_probabilities = Lineage.from_adata(adata, lkey)
@@ -366,7 +418,7 @@ def _scaled_probs(chi: np.ndarray, assignment: pd.Series, names: list[str]) -> p
 
 
 def _name_states(chi: np.ndarray, n_cells: int | None, adata, cluster_key: str | None) -> tuple[list[str], pd.Series]:
-    """Assign the top ``n_cells`` cells of each state; name states after their majority cluster (``_1``, ``_2`` on repeats)."""
+    """Assign the top ``n_cells`` cells of each state; name states by majority cluster (``_1``, ``_2`` on repeats)."""
     n, m = chi.shape
     n_cells = n_cells or max(1, n // (10 * m))
     tops = [np.argsort(-chi[:, j], kind="stable")[:n_cells] for j in range(m)]

@@ -29,7 +29,10 @@ def row_normalize(backend, A: Any, *, what: str = "transition matrix") -> Any:
 
 
 def row_softmax(backend, logits: Any, indptr: Any) -> Any:
-    r"""Per-row softmax of CSR values: :math:`p_{ij} = e^{l_{ij} - \max_j l_{ij}} / \sum_j e^{l_{ij} - \max_j l_{ij}}`."""
+    r"""Per-row softmax of CSR values, shifted by the row maximum for stability.
+
+    :math:`p_{ij} = e^{l_{ij} - \max_j l_{ij}} / \sum_j e^{l_{ij} - \max_j l_{ij}}`.
+    """
     xp = backend.xp
     rows = backend.row_ids(indptr)
     shifted = logits - xp.take(backend.segment_max(logits, indptr), rows)

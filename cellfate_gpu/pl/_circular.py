@@ -13,8 +13,17 @@ from cellfate_gpu.pl._embedding import finish, grid
 __all__ = ["circular_projection"]
 
 
-def circular_projection(adata, keys: str | list[str], lineages: list[str] | None = None, backward: bool = False,
-                        size: float = 4, save: Any = None, figsize=None, dpi=None, **kwargs: Any):
+def circular_projection(
+    adata,
+    keys: str | list[str],
+    lineages: list[str] | None = None,
+    backward: bool = False,
+    size: float = 4,
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     r"""Place lineages on the unit circle and each cell at the fate-weighted mean of their positions.
 
     With anchors :math:`a_l = (\cos\theta_l, \sin\theta_l)`, cell :math:`i` is drawn at

@@ -12,8 +12,19 @@ from cellfate_gpu.pl._embedding import embedding, finish, grid
 __all__ = ["lineage_drivers"]
 
 
-def lineage_drivers(estimator, lineage: str, n_genes: int = 8, basis: str = "umap", ascending: bool = False,
-                    cmap: str = "viridis", size: float = 4, save: Any = None, figsize=None, dpi=None, **kwargs: Any):
+def lineage_drivers(
+    estimator,
+    lineage: str,
+    n_genes: int = 8,
+    basis: str = "umap",
+    ascending: bool = False,
+    cmap: str = "viridis",
+    size: float = 4,
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     """Top ``n_genes`` drivers of ``lineage`` (by correlation), coloured by expression."""
     df = estimator.lineage_drivers
     col = f"{lineage}_corr"

@@ -18,7 +18,9 @@ def embedding(adata, basis: str) -> np.ndarray:
     return np.asarray(adata.obsm[key])[:, :2]
 
 
-def grid(n: int, ncols: int = 3, panel: float = 3.5, figsize: tuple[float, float] | None = None, dpi: int | None = None):
+def grid(
+    n: int, ncols: int = 3, panel: float = 3.5, figsize: tuple[float, float] | None = None, dpi: int | None = None
+):
     """A figure with ``n`` axes on a grid; unused axes hidden."""
     import matplotlib.pyplot as plt
 

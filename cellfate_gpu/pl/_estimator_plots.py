@@ -11,8 +11,15 @@ from cellfate_gpu.pl._embedding import embedding, finish, grid
 __all__ = ["spectrum", "macrostates", "coarse_T"]
 
 
-def spectrum(estimator, real_only: bool = False, show_eigengap: bool = True, save: Any = None, figsize=None,
-             dpi=None, **kwargs: Any):
+def spectrum(
+    estimator,
+    real_only: bool = False,
+    show_eigengap: bool = True,
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     """Eigenvalues in the complex plane (unit circle drawn), or real parts by index with the eigengap marked."""
     eig = estimator.eigendecomposition
     if eig is None:
@@ -37,13 +44,25 @@ def spectrum(estimator, real_only: bool = False, show_eigengap: bool = True, sav
     return finish(fig, save)
 
 
-def macrostates(estimator, which: str = "all", basis: str = "umap", same_plot: bool = True, size: float = 4,
-                save: Any = None, figsize=None, dpi=None, **kwargs: Any):
+def macrostates(
+    estimator,
+    which: str = "all",
+    basis: str = "umap",
+    same_plot: bool = True,
+    size: float = 4,
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     """Macrostates (``"all"``), ``"terminal"`` or ``"initial"`` states on an embedding."""
     import matplotlib.colors as mcolors
 
     if which == "all":
-        states, colors = estimator.macrostates, estimator.macrostates_memberships.colors if estimator.macrostates_memberships is not None else None
+        states, colors = (
+            estimator.macrostates,
+            estimator.macrostates_memberships.colors if estimator.macrostates_memberships is not None else None,
+        )
     elif which == "terminal":
         states, colors = estimator.terminal_states, estimator._term_colors
     elif which == "initial":
@@ -58,16 +77,25 @@ def macrostates(estimator, which: str = "all", basis: str = "umap", same_plot: b
     codes = states.cat.codes.to_numpy()
     for j, name in enumerate(states.cat.categories):
         mask = codes == j
-        ax.scatter(emb[mask, 0], emb[mask, 1], c=[mcolors.to_rgba(colors[j])], s=size * 3, label=str(name),
-                   linewidths=0)
+        ax.scatter(
+            emb[mask, 0], emb[mask, 1], c=[mcolors.to_rgba(colors[j])], s=size * 3, label=str(name), linewidths=0
+        )
     ax.legend(loc="best", fontsize="small", frameon=False, markerscale=2)
     ax.set_title({"all": "macrostates", "terminal": "terminal states", "initial": "initial states"}[which])
     ax.set_axis_off()
     return finish(fig, save)
 
 
-def coarse_T(estimator, show_stationary_dist: bool = True, show_initial_dist: bool = False, cmap: str = "Reds",
-             save: Any = None, figsize=None, dpi=None, **kwargs: Any):
+def coarse_T(
+    estimator,
+    show_stationary_dist: bool = True,
+    show_initial_dist: bool = False,
+    cmap: str = "Reds",
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     """Heatmap of the coarse-grained transition matrix with its stationary distribution."""
     df = estimator.coarse_T
     if df is None:

@@ -11,8 +11,18 @@ from cellfate_gpu.pl._embedding import embedding, finish, grid
 __all__ = ["fate_probabilities"]
 
 
-def fate_probabilities(estimator, lineages: list[str] | None = None, basis: str = "umap", same_plot: bool = True,
-                       cmap: str = "viridis", size: float = 4, save: Any = None, figsize=None, dpi=None, **kwargs: Any):
+def fate_probabilities(
+    estimator,
+    lineages: list[str] | None = None,
+    basis: str = "umap",
+    same_plot: bool = True,
+    cmap: str = "viridis",
+    size: float = 4,
+    save: Any = None,
+    figsize=None,
+    dpi=None,
+    **kwargs: Any,
+):
     """Draw fate probabilities: one panel per lineage, or one panel coloured by the most likely fate.
 
     With ``same_plot=True`` each cell takes its most likely lineage's colour, with alpha equal to that
@@ -39,8 +49,9 @@ def fate_probabilities(estimator, lineages: list[str] | None = None, basis: str 
         return finish(fig, save)
     fig, axes = grid(len(probs.names), figsize=figsize, dpi=dpi)
     for ax, j in zip(axes, range(len(probs.names)), strict=True):
-        sc = ax.scatter(emb[:, 0], emb[:, 1], c=probs.X[:, j], cmap=cmap, vmin=0, vmax=1, s=size, linewidths=0,
-                        rasterized=True)
+        sc = ax.scatter(
+            emb[:, 0], emb[:, 1], c=probs.X[:, j], cmap=cmap, vmin=0, vmax=1, s=size, linewidths=0, rasterized=True
+        )
         ax.set_title(probs.names[j])
         ax.set_axis_off()
     fig.colorbar(sc, ax=axes, shrink=0.6)
