@@ -1,6 +1,7 @@
 """What every estimator shares.
 
-The kernel and its backend, terminal/initial states, and the downstream results (fate probabilities, absorption times, priming, drivers) under CellRank's keys.
+The kernel and its backend, terminal/initial states, and the downstream results (fate
+probabilities, absorption times, priming, drivers) under CellRank's keys.
 
 Results are computed completely before anything is written to the AnnData, so a failing step
 leaves no half-written state behind.

@@ -18,7 +18,8 @@ __all__ = ["PseudotimeKernel", "hard_threshold_weights", "soft_threshold_weights
 def hard_threshold_weights(backend, conn_data, indptr, t_cell, t_neigh, frac_to_keep: float):
     r"""Hard scheme (Palantir-like, as CellRank 2.3.3).
 
-    Keep every edge to a cell that is not earlier (:math:`t_j \ge t_i`), plus the :math:`\min(30, \lfloor k_i \cdot frac\_to\_keep \rfloor)` strongest
+    Keep every edge to a cell that is not earlier (:math:`t_j \ge t_i`), plus the
+    :math:`\min(30, \lfloor k_i \cdot frac\_to\_keep \rfloor)` strongest
     edges of row :math:`i` (:math:`k_i` its number of neighbours) whatever their direction; the kept
     connectivities keep their value, all others become zero.
     """
@@ -33,7 +34,8 @@ def hard_threshold_weights(backend, conn_data, indptr, t_cell, t_neigh, frac_to_
 def soft_threshold_weights(backend, conn_data, t_cell, t_neigh, b: float, nu: float):
     r"""Soft scheme (VIA-like, as CellRank 2.3.3).
 
-    An edge to an earlier cell is down-weighted by the generalised logistic function :math:`2 / (1 + e^{b\,\Delta t})^{1/\nu}`, :math:`\Delta t = t_i - t_j > 0`.
+    An edge to an earlier cell is down-weighted by the generalised logistic function
+    :math:`2 / (1 + e^{b\,\Delta t})^{1/\nu}`, :math:`\Delta t = t_i - t_j > 0`.
     """
     xp = backend.xp
     dt = t_cell - t_neigh
