@@ -255,3 +255,19 @@ def test_lineage_indexing_and_adata_round_trip(tmp_path):
     back = Lineage.from_adata(ad.read_h5ad(tmp_path / "l.h5ad"), "lineages_fwd")
     assert back.names == L.names and back.colors == L.colors
     np.testing.assert_array_equal(back.X, L.X)
+
+
+def test_conditional_absorption_times_against_dense():
+    n, p = 10, 0.45
+    T = _gamblers_ruin(n, p)
+    term = _terminal(n, {"ruin": [0], "win": [n - 1]})
+    df = absorption_times(get_backend("scipy"), T, term, calculate_variance=True, method="direct")
+    Td = T.toarray()
+    N = np.linalg.inv(np.eye(n - 2) - Td[1:-1, 1:-1])
+    B = N @ Td[1:-1][:, [0, n - 1]]
+    U = N @ B
+    W = N @ (2 * U - B)
+    np.testing.assert_allclose(df["ruin_mean"].to_numpy()[1:-1], U[:, 0] / B[:, 0], rtol=1e-9)
+    np.testing.assert_allclose(df["win_var"].to_numpy()[1:-1], W[:, 1] / B[:, 1] - (U[:, 1] / B[:, 1]) ** 2, rtol=1e-8)
+    # conditioning: a walk that wins from near the right end is faster than the average walk
+    assert df["win_mean"].iloc[n - 2] < df["ruin_mean"].iloc[n - 2]

@@ -167,37 +167,37 @@ def absorption_times(
     maxiter: int | None = None,
     index: Any = None,
 ) -> pd.DataFrame:
-    """Expected number of steps until absorption in each lineage (``{lin}_mean``, ``{lin}_var`` columns).
+    r"""Expected number of steps until absorption, per lineage (``{lin}_mean``, ``{lin}_var`` columns).
 
-    For lineage ``l`` the absorbing set is that lineage's cells alone, as in CellRank: walks are
-    counted until they first hit it (the other terminal cells stay transient).
+    Every terminal state in ``keys`` is absorbing (so :math:`I - Q` is non-singular whenever every
+    transient cell reaches one). Column ``l`` is the time conditioned on absorption in lineage ``l``:
+    with fate probabilities :math:`b_l`, :math:`u_l = N b_l = E[\tau\,1\{l\}]` and
+    :math:`w_l = N (2 u_l - b_l) = E[\tau^2 1\{l\}]` (first-step analysis), so
+    :math:`E[\tau \mid l] = u_l / b_l` and :math:`\mathrm{Var}[\tau \mid l] = w_l / b_l - (u_l / b_l)^2`.
+    With a single lineage this is the textbook :math:`m = N \mathbf 1`, :math:`v = (2N - I) m - m \circ m`.
+    Cells that never end in ``l`` get NaN; absorbing cells get 0.
     """
-    _, names, groups = terminal_indicator(terminal_states, keys)
+    absorbing, names, groups = terminal_indicator(terminal_states, keys)
+    transient, A, RS = _transient_system(backend, T, absorbing, groups)
+    xp = backend.xp
+    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend)
+    Bt = solve(A, RS, **kw).X  # fate probabilities of the transient cells (backend array)
+    U = solve(A, Bt, **kw).X
+    Bh, Uh = backend.to_host(Bt).reshape(transient.size, -1), backend.to_host(U).reshape(transient.size, -1)
+    if calculate_variance:
+        W = solve(A, 2.0 * U - xp.reshape(Bt, U.shape), **kw).X
+        Wh = backend.to_host(W).reshape(transient.size, -1)
     n = T.shape[0]
     out = {}
-    for name, group in zip(names, groups, strict=True):
-        transient = np.setdiff1d(np.arange(n), group)
-        Q = backend.submatrix(T, transient, transient)
-        A = backend.linear_combination([1.0, -1.0], [backend.eye(transient.size), Q])
-        ones = backend.asarray(np.ones(transient.size))
-        res = solve(A, ones, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend)
-        m = backend.to_host(res.X).ravel()
-        mean = np.zeros(n)
-        mean[transient] = m
-        out[f"{name}_mean"] = mean
-        if calculate_variance:
-            # v = (2N - I) m - m∘m, with N m from one more solve of (I - Q) y = m.
-            res2 = solve(
-                A,
-                backend.asarray(m),
-                method=method,
-                tol=tol,
-                preconditioner=preconditioner,
-                maxiter=maxiter,
-                backend=backend,
-            )
-            Nm = backend.to_host(res2.X).ravel()
-            var = np.zeros(n)
-            var[transient] = np.maximum(2.0 * Nm - m - m * m, 0.0)
-            out[f"{name}_var"] = var
+    reach = Bh > 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for j, name in enumerate(names):
+            mean = np.zeros(n)
+            mean[transient] = np.where(reach[:, j], Uh[:, j] / Bh[:, j], np.nan)
+            out[f"{name}_mean"] = mean
+            if calculate_variance:
+                var = np.zeros(n)
+                m = Uh[:, j] / Bh[:, j]
+                var[transient] = np.where(reach[:, j], np.maximum(Wh[:, j] / Bh[:, j] - m * m, 0.0), np.nan)
+                out[f"{name}_var"] = var
     return pd.DataFrame(out, index=index)
