@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ _LAUNCHER_VARS = (
     ("PMIX_SIZE", "PMIX_RANK"),  # PMIx launchers
     ("MPI_LOCALNRANKS", "MPI_LOCALRANKID"),  # MPICH local launchers
 )
+_WARNED: list[bool] = []
 
 
 def launched_by_mpi() -> bool:
@@ -47,7 +49,18 @@ def comm_world() -> Any | None:
         return None
     try:
         from mpi4py import MPI
-    except ImportError:
+    except ModuleNotFoundError:
+        return None
+    except ImportError as err:  # installed but broken (e.g. a wheel built for another MPI library)
+        if launched_by_mpi() and not _WARNED:
+            _WARNED.append(True)
+            warnings.warn(
+                f"Started by an MPI launcher but mpi4py.MPI cannot be imported ({err}); every rank runs as a "
+                "single-process job. Rebuild mpi4py against this MPI: "
+                "pip install --no-binary mpi4py --force-reinstall mpi4py",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return None
     return MPI.COMM_WORLD
 

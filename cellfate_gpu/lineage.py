@@ -1,4 +1,15 @@
-"""The Lineage result: a cells x lineages array that knows its lineage names and colours."""
+r"""The Lineage result: a ``cells x lineages`` array that knows its lineage names and colours.
+
+A :class:`Lineage` is what fate probabilities and macrostate memberships are returned as. Its
+values live on the host (results are brought back from the backend once, by the computation that
+made them). Column selection by name merges lineages on request:
+
+.. math::
+
+    L[[\text{"A, B"}]]_{i} = L_{i,A} + L_{i,B},
+
+which is again a distribution over the remaining lineages when the rows of ``L`` were.
+"""
 
 from __future__ import annotations
 
@@ -23,137 +34,287 @@ _PALETTE = [
 
 
 def default_colors(n: int) -> list[str]:
-    """``n`` distinct hex colours (tab10, then matplotlib's hsv map)."""
+    """``n`` distinct hex colours (tab10, then evenly spaced hues of matplotlib's ``hsv`` map)."""
     if n <= len(_PALETTE):
         return _PALETTE[:n]
+    import matplotlib
     import matplotlib.colors as mcolors
-    import matplotlib.pyplot as plt
 
-    return [mcolors.to_hex(c) for c in plt.get_cmap("hsv")(np.linspace(0, 1, n, endpoint=False))]
+    cmap = matplotlib.colormaps["hsv"]
+    return [mcolors.to_hex(c) for c in cmap(np.linspace(0, 1, n, endpoint=False))]
+
+
+def _mean_color(colors: list[str]) -> str:
+    """Mean of colours in RGB (the colour of a merged lineage)."""
+    import matplotlib.colors as mcolors
+
+    return mcolors.to_hex(np.mean([mcolors.to_rgb(c) for c in colors], axis=0))
+
+
+def _split_key(key: str) -> list[str]:
+    return [p.strip() for p in str(key).strip(" ,").split(",")]
 
 
 @final
 class Lineage(np.ndarray):
-    """``(n_cells, n_lineages)`` array with ``names`` and ``colors``.
+    r"""``(n_cells, n_lineages)`` float array with lineage ``names`` and ``colors``.
 
-    Indexing: ``L["A"]`` → one column, ``L[["A", "B"]]`` → those columns, ``L[["A, B"]]`` → one
-    merged column named ``"A, B"`` (the sum of both), integer/slice/boolean row selection keeps the
-    names. Stored in AnnData as a plain array ``obsm[key]`` with ``uns[f"{key}_names"]`` and
-    ``uns[f"{key}_colors"]`` (CellRank's layout).
+    Parameters
+    ----------
+    values
+        ``(n_cells, n_lineages)`` values (a 1-D array is one lineage).
+    names
+        One unique name per column.
+    colors
+        One colour per column (anything matplotlib understands; stored as hex). Default: tab10.
+
+    Notes
+    -----
+    Indexing (always returns a 2-D :class:`Lineage`, as in CellRank):
+
+    * ``L["A"]`` one column; ``L[["A", "C"]]`` those columns; ``L[["A, B"]]`` one merged column
+      ``"A, B"`` holding :math:`L_{:,A} + L_{:,B}` (colour: mean of the merged colours);
+    * ``L[rows]`` with an integer, slice, boolean mask or index array keeps all names;
+    * ``L[rows, cols]`` with ``cols`` any of the above (names, integers, slices, masks).
+
+    Element-wise arithmetic keeps names; reductions and transposes return plain arrays.
+    In AnnData a lineage is stored as the plain array ``obsm[key]`` with ``uns[f"{key}_names"]``
+    and ``uns[f"{key}_colors"]`` (:meth:`to_adata`, :meth:`from_adata`).
     """
 
-    def __new__(cls, values: Any, names: list[str], colors: list[str] | None = None) -> Lineage:
-        arr = np.asarray(values, dtype=np.float64)
+    def __new__(cls, values: Any, names: Any, colors: Any = None) -> Lineage:
+        arr = np.array(values, dtype=np.float64, copy=True)
         if arr.ndim == 1:
             arr = arr[:, None]
         if arr.ndim != 2:
-            raise ValueError(f"Lineage values must be 2-D, got shape {arr.shape}.")
+            raise ValueError(f"Lineage values must be 2-D (cells x lineages), got shape {arr.shape}.")
         names = [str(n) for n in names]
         if len(names) != arr.shape[1]:
-            raise ValueError(f"Got {len(names)} names for {arr.shape[1]} lineages.")
+            raise ValueError(f"Got {len(names)} names for {arr.shape[1]} lineage column(s).")
         if len(set(names)) != len(names):
-            raise ValueError(f"Lineage names must be unique, got {names}.")
-        colors = list(colors) if colors is not None else default_colors(len(names))
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"Lineage names must be unique; duplicated: {dup}.")
+        colors = default_colors(len(names)) if colors is None else list(colors)
         if len(colors) != len(names):
             raise ValueError(f"Got {len(colors)} colors for {len(names)} lineages.")
+        import matplotlib.colors as mcolors
+
+        bad = [c for c in colors if not mcolors.is_color_like(c)]
+        if bad:
+            raise ValueError(f"Not valid colours: {bad}.")
         obj = arr.view(cls)
-        obj._names, obj._colors = names, [str(c) for c in colors]
+        obj._names = names
+        obj._colors = [mcolors.to_hex(c) for c in colors]
         return obj
 
     def __array_finalize__(self, obj: Any) -> None:
-        self._names = getattr(obj, "_names", None)
-        self._colors = getattr(obj, "_colors", None)
+        names = getattr(obj, "_names", None)
+        ok = names is not None and self.ndim == 2 and self.shape[1] == len(names)
+        self._names = list(names) if ok else None
+        self._colors = list(obj._colors) if ok else None
 
+    def __array_wrap__(self, array: Any, context: Any = None, return_scalar: bool = False) -> Any:
+        # Ufunc results keep the names only when they still are cells x the same lineages.
+        if return_scalar:
+            return array[()]
+        if array.ndim == 2 and self._names is not None and array.shape[1] == len(self._names):
+            return super().__array_wrap__(array, context, return_scalar)
+        return np.asarray(array).view(np.ndarray)
+
+    # ------------------------------------------------------------------ attributes
     @property
     def names(self) -> list[str]:
-        """Lineage names."""
+        """Lineage names, one per column."""
+        if self._names is None:
+            return [f"Lineage_{i}" for i in range(self.shape[-1])]
         return list(self._names)
 
     @property
     def colors(self) -> list[str]:
-        """Lineage colours (hex)."""
+        """Lineage colours (hex), one per column."""
+        if self._colors is None:
+            return default_colors(self.shape[-1])
         return list(self._colors)
 
     @property
-    def X(self) -> np.ndarray:
-        """The values as a plain NumPy array."""
-        return np.asarray(self).view(np.ndarray)
-
-    def _column_index(self, key: str) -> int:
-        try:
-            return self._names.index(key)
-        except ValueError:
-            raise KeyError(f"Lineage {key!r} not found; available: {self._names}.") from None
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            key = [key]
-        if isinstance(key, list | tuple) and key and all(isinstance(k, str) for k in key):
-            columns, names, colors = [], [], []
-            for k in key:
-                parts = [p.strip() for p in k.split(",")]
-                idx = [self._column_index(p) for p in parts]
-                columns.append(self.X[:, idx].sum(axis=1))
-                names.append(", ".join(parts))
-                colors.append(self._colors[idx[0]])
-            return Lineage(np.column_stack(columns), names=names, colors=colors)
-        if isinstance(key, tuple) and len(key) == 2:
-            rows, cols = key
-            sub = self.X[rows][:, cols] if not isinstance(cols, str) else self[cols].X[rows]
-            if isinstance(cols, int | np.integer):
-                return sub
-            col_idx = np.arange(self.shape[1])[cols] if not isinstance(cols, str) else None
-            if col_idx is None:
-                return Lineage(sub, names=self[cols].names, colors=self[cols].colors)
-            col_idx = np.atleast_1d(col_idx)
-            return Lineage(
-                np.atleast_2d(sub), names=[self._names[i] for i in col_idx], colors=[self._colors[i] for i in col_idx]
-            )
-        out = self.X[key]
-        if out.ndim == 2 and out.shape[1] == self.shape[1]:
-            return Lineage(out, names=self._names, colors=self._colors)
-        return out
+    def nlin(self) -> int:
+        """Number of lineages."""
+        return int(self.shape[1])
 
     @property
+    def T(self) -> np.ndarray:
+        """Transpose as a plain array (``lineages x cells`` has no per-column lineage names)."""
+        return self.X.T
+
+    @property
+    def X(self) -> np.ndarray:
+        """The values as a plain :class:`numpy.ndarray` (a view, no copy)."""
+        return self.view(np.ndarray)
+
+    # ------------------------------------------------------------------ indexing
+    def _resolve_columns(self, key: Any) -> tuple[list[np.ndarray], list[str], list[str]]:
+        """Column groups (merged when a name is ``"A, B"``), their names and colours."""
+        names, colors = self.names, self.colors
+        if isinstance(key, str):
+            key = [key]
+        if isinstance(key, list | tuple | np.ndarray) and len(key) and all(isinstance(k, str) for k in key):
+            groups, out_names, out_colors = [], [], []
+            for k in key:
+                parts = _split_key(k)
+                idx = []
+                for p in parts:
+                    if p not in names:
+                        raise KeyError(f"Lineage {p!r} not found; available: {names}.")
+                    idx.append(names.index(p))
+                if len(set(idx)) != len(idx):
+                    raise ValueError(f"Lineage key {k!r} names a lineage twice.")
+                groups.append(np.asarray(idx))
+                out_names.append(", ".join(parts))
+                out_colors.append(colors[idx[0]] if len(idx) == 1 else _mean_color([colors[i] for i in idx]))
+            if len(set(out_names)) != len(out_names):
+                raise ValueError(f"Selected lineages are not unique: {out_names}.")
+            return groups, out_names, out_colors
+        cols = np.atleast_1d(np.arange(self.shape[1])[key])
+        return [np.asarray([c]) for c in cols], [names[c] for c in cols], [colors[c] for c in cols]
+
+    def __getitem__(self, key: Any) -> Lineage:
+        if isinstance(key, tuple) and len(key) == 2:
+            rows, cols = key
+        elif isinstance(key, str) or (
+            isinstance(key, list | tuple) and len(key) and all(isinstance(k, str) for k in key)
+        ):
+            rows, cols = slice(None), key
+        else:
+            rows, cols = key, slice(None)
+        if isinstance(rows, int | np.integer):
+            rows = [int(rows)]
+        groups, names, colors = self._resolve_columns(cols)
+        X = self.X[rows]
+        if X.ndim != 2:
+            raise IndexError(f"Row selection {rows!r} does not give a 2-D array.")
+        if all(g.size == 1 for g in groups):
+            values = X[:, np.concatenate(groups)] if groups else X[:, :0]
+        else:
+            values = np.column_stack([X[:, g].sum(axis=1) for g in groups])
+        return Lineage(values, names=names, colors=colors)
+
+    def __iter__(self):
+        # Rows as plain 1-D arrays (what code iterating a cells x lineages table expects).
+        return iter(self.X)
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
     def entropy(self) -> np.ndarray:
-        r"""Per-cell entropy :math:`-\sum_l p_l \log p_l` of the fate distribution."""
-        p = np.clip(self.X, 1e-300, None)
-        return -(self.X * np.log(p)).sum(axis=1)
+        r"""Per-cell Shannon entropy :math:`H_i = -\sum_l p_{il} \ln p_{il}` (with :math:`0 \ln 0 = 0`)."""
+        X = self.X
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(X > 0, X * np.log(np.where(X > 0, X, 1.0)), 0.0)
+        return 0.0 - terms.sum(axis=1)
 
-    def priming_degree(self, method: str = "kl_divergence", early_cells: np.ndarray | None = None) -> np.ndarray:
-        r"""Lineage priming of every cell (CellRank's ``compute_lineage_priming``).
+    def priming_degree(self, method: str = "kl_divergence", early_cells: Any = None) -> np.ndarray:
+        r"""Degree of lineage priming, a score in :math:`[0, 1]` (0 naive, 1 committed).
 
-        ``"kl_divergence"``: :math:`\mathrm{KL}(p_i \,\|\, \bar p)` with :math:`\bar p` the mean fate
-        distribution over ``early_cells`` (all cells if ``None``); ``"entropy"``:
-        :math:`1 - H(p_i) / \log L`.
+        Parameters
+        ----------
+        method
+            ``"kl_divergence"`` (Velten et al. 2017):
+            :math:`d_i = \sum_l p_{il} \log_2 (p_{il} / \bar p_l)` with :math:`\bar p` the mean fate
+            distribution over ``early_cells``; ``"entropy"`` (Setty et al. 2019):
+            :math:`d_i = \max_j H_j - H_i`. Either score is then min-max scaled to :math:`[0, 1]`,
+            as in CellRank.
+        early_cells
+            Boolean mask or integer indices of the reference cells (default: all cells).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_cells,)`` scores.
+
+        Notes
+        -----
+        CellRank evaluates :math:`0 \log 0` as NaN and then sets the whole cell's score to 1; here
+        :math:`0 \log 0 = 0`, the usual convention, so committed cells with exact zeros get their
+        true (largest) divergence.
         """
         X = self.X
         if method == "kl_divergence":
-            ref = X[early_cells].mean(axis=0) if early_cells is not None else X.mean(axis=0)
-            p, q = np.clip(X, 1e-12, None), np.clip(ref, 1e-12, None)
-            return np.sum(X * (np.log(p) - np.log(q)), axis=1)
-        if method == "entropy":
-            return 1.0 - self.entropy / np.log(max(X.shape[1], 2))
-        raise ValueError(f"method must be 'kl_divergence' or 'entropy', got {method!r}.")
+            if early_cells is None:
+                ref_rows = X
+            else:
+                early = np.asarray(early_cells)
+                if early.dtype == bool and early.shape != (X.shape[0],):
+                    raise ValueError(f"early_cells mask must have shape ({X.shape[0]},), got {early.shape}.")
+                ref_rows = X[early]
+            if ref_rows.shape[0] == 0:
+                raise ValueError("early_cells selects no cells.")
+            ref = ref_rows.mean(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(X > 0, X / np.where(ref > 0, ref, 1.0), 1.0)
+                score = np.sum(np.where(X > 0, X * np.log2(ratio), 0.0), axis=1)
+        elif method == "entropy":
+            H = self.entropy
+            score = H.max() - H
+        else:
+            raise ValueError(f"method must be 'kl_divergence' or 'entropy', got {method!r}.")
+        lo, hi = float(np.min(score)), float(np.max(score))
+        return np.zeros_like(score) if hi <= lo else (score - lo) / (hi - lo)
 
-    def to_adata(self, adata, key: str) -> None:
+    # ------------------------------------------------------------------ AnnData
+    def to_adata_dict(self, key: str) -> dict[str, dict[str, Any]]:
+        """What :meth:`to_adata` writes: ``{"obsm": {key: values}, "uns": {names_key: ..., colors_key: ...}}``."""
+        return {
+            "obsm": {key: self.X.copy()},
+            "uns": {
+                f"{key}_names": np.array(self.names, dtype=object),
+                f"{key}_colors": np.array(self.colors, dtype=object),
+            },
+        }
+
+    def to_adata(self, adata: Any, key: str) -> None:
         """Store as ``obsm[key]`` (plain array) with ``uns[f"{key}_names"]`` and ``uns[f"{key}_colors"]``."""
-        adata.obsm[key] = self.X.copy()
-        adata.uns[f"{key}_names"] = np.array(self._names, dtype=object)
-        adata.uns[f"{key}_colors"] = np.array(self._colors, dtype=object)
+        for attr, items in self.to_adata_dict(key).items():
+            target = getattr(adata, attr)
+            for k, v in items.items():
+                target[k] = v
 
     @classmethod
-    def from_adata(cls, adata, key: str) -> Lineage:
-        """Read what :meth:`to_adata` (or CellRank) wrote."""
+    def from_adata(cls, adata: Any, key: str) -> Lineage:
+        """Read what :meth:`to_adata` (or CellRank) wrote under ``obsm[key]``.
+
+        Names come from ``uns[f"{key}_names"]``; for CellRank's ``lineages_fwd``/``lineages_bwd``
+        without stored names, from the categories of ``obs['term_states_fwd'/'_bwd']`` (and their
+        ``uns`` colours), else ``Lineage_0, Lineage_1, ...``.
+        """
         if key not in adata.obsm:
-            raise KeyError(f"No lineage array in adata.obsm[{key!r}].")
+            raise KeyError(f"No lineage array adata.obsm[{key!r}]; available: {list(adata.obsm.keys())}.")
         values = np.asarray(adata.obsm[key])
-        names = list(adata.uns.get(f"{key}_names", [f"Lineage_{i}" for i in range(values.shape[1])]))
+        if values.ndim != 2:
+            raise ValueError(f"adata.obsm[{key!r}] must be 2-D, got shape {values.shape}.")
+        n = values.shape[1]
+        names = adata.uns.get(f"{key}_names")
         colors = adata.uns.get(f"{key}_colors")
-        return cls(values, names=[str(n) for n in names], colors=None if colors is None else list(colors))
+        if names is None and key.startswith("lineages_"):
+            states = adata.obs.get(f"term_states_{key.rsplit('_', 1)[-1]}")
+            if states is not None and hasattr(states, "cat") and len(states.cat.categories) == n:
+                names = list(states.cat.categories)
+                colors = colors if colors is not None else adata.uns.get(f"term_states_{key.rsplit('_', 1)[-1]}_colors")
+        if names is None or len(names) != n:
+            names = [f"Lineage_{i}" for i in range(n)]
+        if colors is not None and len(colors) != n:
+            colors = None
+        return cls(values, names=[str(x) for x in names], colors=None if colors is None else [str(c) for c in colors])
+
+    # ------------------------------------------------------------------ misc
+    def copy(self, order: str = "C") -> Lineage:
+        """A deep copy (values, names, colours)."""
+        return Lineage(self.X.copy(order=order), names=self.names, colors=self.colors)
 
     def __repr__(self) -> str:
-        return f"Lineage{self.X.shape} with lineages {self._names}\n{np.array2string(self.X, threshold=50)}"
+        body = np.array2string(self.X, separator=", ", prefix="Lineage(", threshold=50)
+        return f"Lineage({body},\n  names([{', '.join(self.names)}]))"
+
+    def __str__(self) -> str:
+        return f"{np.array2string(self.X, threshold=50)}\n names=[{', '.join(self.names)}]"
 
     def __reduce__(self):
-        return (Lineage, (self.X, self._names, self._colors))
+        return (Lineage, (self.X.copy(), self.names, self.colors))

@@ -274,3 +274,44 @@ def test_public_partial_schur_and_solve_dispatch_to_petsc():
     M = sp.csr_matrix(sp.identity(150) - 0.9 * A)
     sol = solve(M, np.ones(150), backend="petsc", tol=1e-12)
     np.testing.assert_allclose(sol.X, 10.0 * np.ones(150), rtol=1e-9)  # (I - 0.9 T) 1 = 0.1 * 1
+
+
+# ----------------------------------------------------------------------------- full pipeline
+def three_branch_transition(n_per: int = 60, seed: int = 0) -> sp.csr_matrix:
+    """A root cluster feeding three absorbing-ish branches: kNN-like, row-stochastic, metastable."""
+    rng = np.random.default_rng(seed)
+    n = 4 * n_per
+    groups = np.repeat(np.arange(4), n_per)
+    W = sp.lil_matrix((n, n))
+    for i in range(n):
+        same = np.flatnonzero(groups == groups[i])
+        for j in rng.choice(same, 8, replace=False):
+            W[i, j] = 1.0 + rng.uniform()
+        if groups[i] == 0:  # the root leaks into every branch
+            for b in (1, 2, 3):
+                W[i, rng.choice(np.flatnonzero(groups == b))] = 0.05
+    W = sp.csr_matrix(W)
+    return sp.csr_matrix(sp.diags(1.0 / np.asarray(W.sum(axis=1)).ravel()) @ W)
+
+
+def test_gpcca_pipeline_petsc_equals_scipy():
+    estimators = pytest.importorskip("cellfate_gpu.estimators", reason="estimators not in this tree yet")
+    kernels = pytest.importorskip("cellfate_gpu.kernels", reason="kernels not in this tree yet")
+    T = three_branch_transition()
+    fates = {}
+    for name in ("scipy", "petsc"):
+        g = estimators.GPCCA(kernels.PrecomputedKernel(T, backend=name))
+        g.compute_schur(n_components=6, tol=1e-12)
+        g.compute_macrostates(n_states=4)
+        g.predict_terminal_states(n_states=3, method="top_n")
+        g.compute_fate_probabilities(tol=1e-12, backend=name)
+        fates[name] = g.fate_probabilities
+    P, S = np.asarray(fates["petsc"].X), np.asarray(fates["scipy"].X)
+    assert P.shape == S.shape
+    # Macrostate names/order follow the (non-unique) Schur basis: match lineages by their values.
+    match = [int(np.argmin(np.abs(S - P[:, [j]]).max(axis=0))) for j in range(P.shape[1])]
+    assert sorted(match) == list(range(S.shape[1]))
+    S = S[:, match]
+    np.testing.assert_allclose(P, S, atol=1e-6)
+    assert np.all((P >= -1e-10) & (P <= 1 + 1e-10))
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-8)

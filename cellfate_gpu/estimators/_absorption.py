@@ -1,13 +1,34 @@
-r"""Absorbing Markov chains: fate probabilities and absorption times.
+r"""Absorbing Markov chains: fate probabilities, absorption times, lineage priming.
 
-With the cells ordered transient first, :math:`T = \begin{pmatrix} Q & R \\ 0 & I \end{pmatrix}`.
-Absorbing cells of one terminal state form one lineage; :math:`S` (absorbing cells x lineages)
-aggregates them. Then
+Make every cell of a terminal state absorbing and order the cells transient first; the
+transition matrix then has the canonical form
 
-* fate probabilities :math:`B = (I - Q)^{-1} R S`, i.e. :math:`(I - Q) B = R S` — all lineages in
-  one block solve;
-* mean absorption time :math:`m = N \mathbf 1` with :math:`N = (I - Q)^{-1}`;
-* its variance :math:`v = (2 N - I)\, m - m \circ m` (Kemeny & Snell 1960, Thm. 3.3.5).
+.. math::
+
+    T = \begin{pmatrix} Q & R \\ 0 & I \end{pmatrix},
+
+with :math:`Q` (transient x transient) and :math:`R` (transient x absorbing). The fundamental
+matrix :math:`N = (I - Q)^{-1} = \sum_{k \ge 0} Q^k` counts expected visits; it exists exactly
+when every transient cell can reach an absorbing cell (Kemeny & Snell 1960, Thm. 3.2.1).
+
+* **Fate probabilities.** With :math:`S` (absorbing cells x lineages) the indicator that
+  aggregates the cells of each terminal state into one lineage,
+
+  .. math:: B = N R S \quad\Longleftrightarrow\quad (I - Q) B = R S,
+
+  one block solve for all lineages at once (:func:`cellfate_gpu.linalg.solve`). Absorbing cells
+  get one-hot rows; every row of :math:`B` is a distribution.
+* **Absorption times** (Kemeny & Snell 1960, Thm. 3.3.5). Mean
+  :math:`m = N \mathbf 1`, i.e. :math:`(I - Q) m = \mathbf 1`, and variance
+  :math:`v = (2N - I)\, m - m \circ m` (a second solve, :math:`N m`).
+  Per lineage the times are conditioned on where the walk ends (as in CellRank): with
+  :math:`b_l` the fate probabilities, :math:`u_l = N b_l = E[\tau \mathbf 1\{l\}]` and
+  :math:`w_l = N (2 u_l - b_l) = E[\tau^2 \mathbf 1\{l\}]`, so
+  :math:`E[\tau \mid l] = u_l / b_l` and :math:`\mathrm{Var}[\tau \mid l] = w_l / b_l - (u_l/b_l)^2`.
+  For one lineage (or all lineages merged, ``keys=["A, B, C"]``) :math:`b = \mathbf 1` and
+  these are exactly the textbook :math:`m` and :math:`v`.
+
+All matrices stay on the backend that holds ``T``; results come to the host once, at the end.
 """
 
 from __future__ import annotations
@@ -16,72 +37,158 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from cellfate_gpu.backends import SolveResult, get_backend
 from cellfate_gpu.linalg import solve
 from cellfate_gpu.lineage import Lineage
 
-__all__ = ["fate_probabilities", "absorption_times", "terminal_indicator"]
+__all__ = ["fate_probabilities", "absorption_times", "lineage_priming", "terminal_indicator"]
 
 
+# ---------------------------------------------------------------------- setup
 def terminal_indicator(
-    terminal_states: pd.Series, keys: list[str] | None = None
+    terminal_states: pd.Series, keys: list[str] | None = None, *, n_cells: int | None = None
 ) -> tuple[np.ndarray, list[str], list[np.ndarray]]:
-    """Absorbing cell indices, lineage names and the cells of each lineage (``"A, B"`` merges A and B)."""
-    if not isinstance(terminal_states.dtype, pd.CategoricalDtype):
-        raise TypeError("terminal_states must be a categorical Series (NaN for non-terminal cells).")
+    """Absorbing cells, lineage names and each lineage's cells.
+
+    Parameters
+    ----------
+    terminal_states
+        Categorical series, one entry per cell; NaN for cells that are not terminal.
+    keys
+        Lineages to form (default: every category). ``"A, B"`` merges terminal states A and B
+        into one lineage; states not named are not absorbing.
+    n_cells
+        Expected length of ``terminal_states`` (the size of ``T``).
+
+    Returns
+    -------
+    absorbing
+        Sorted indices of all absorbing cells.
+    names
+        Lineage names (``"A, B"`` for merged ones).
+    groups
+        Cell indices of each lineage.
+    """
+    if not isinstance(terminal_states, pd.Series) or not isinstance(terminal_states.dtype, pd.CategoricalDtype):
+        raise TypeError(
+            "terminal_states must be a categorical pandas Series (NaN for non-terminal cells), "
+            f"got {type(terminal_states).__name__} of dtype {getattr(terminal_states, 'dtype', None)}."
+        )
+    if n_cells is not None and len(terminal_states) != n_cells:
+        raise ValueError(f"terminal_states has {len(terminal_states)} entries but T has {n_cells} cells.")
     codes = terminal_states.cat.codes.to_numpy()
     categories = [str(c) for c in terminal_states.cat.categories]
-    if (codes >= 0).sum() == 0:
-        raise ValueError("No terminal states are set; set or predict them first.")
-    keys = keys if keys is not None else categories
-    names, groups = [], []
+    if not np.any(codes >= 0):
+        raise ValueError("No terminal states are set (every entry is NaN); set or predict terminal states first.")
+    keys = categories if keys is None else ([keys] if isinstance(keys, str) else list(keys))
+    if not keys:
+        raise ValueError("keys is empty; name at least one terminal state.")
+    names, groups, used = [], [], {}
     for key in keys:
-        parts = [p.strip() for p in str(key).split(",")]
+        parts = [p.strip() for p in str(key).strip(" ,").split(",")]
         unknown = [p for p in parts if p not in categories]
         if unknown:
-            raise KeyError(f"Unknown terminal state(s) {unknown}; available: {categories}.")
+            raise KeyError(f"Unknown terminal state(s) {unknown} in keys; available: {categories}.")
+        for p in parts:
+            if p in used:
+                raise ValueError(f"Terminal state {p!r} appears in two keys ({used[p]!r} and {key!r}).")
+            used[p] = key
         idx = np.flatnonzero(np.isin(codes, [categories.index(p) for p in parts]))
         if idx.size == 0:
             raise ValueError(f"Terminal state {key!r} has no cells.")
         names.append(", ".join(parts))
         groups.append(idx)
-    absorbing = np.unique(np.concatenate(groups))
-    return absorbing, names, groups
+    return np.sort(np.concatenate(groups)), names, groups
 
 
 def _transient_system(backend, T: Any, absorbing: np.ndarray, groups: list[np.ndarray]):
-    """``I - Q`` (native) and ``R S`` (backend array) for the transient cells."""
+    r"""``I - Q`` (native) and ``R S`` (backend block) for the transient cells.
+
+    :math:`R S` is one SpMM of :math:`R = T[\text{transient}, \text{absorbing}]` with the dense
+    ``(n_absorbing, L)`` 0/1 indicator block :math:`S` moved to the backend once.
+    """
     n = T.shape[0]
-    transient = np.setdiff1d(np.arange(n), absorbing)
+    transient = np.setdiff1d(np.arange(n), absorbing, assume_unique=True)
     if transient.size == 0:
-        raise ValueError("Every cell is a terminal cell; nothing to solve.")
+        raise ValueError("Every cell is a terminal cell; there is nothing to solve for.")
     Q = backend.submatrix(T, transient, transient)
     A = backend.linear_combination([1.0, -1.0], [backend.eye(transient.size), Q])
-    # S: n x L indicator of each lineage's cells (host, sparse), moved once; R S = T[transient] @ S.
-    rows = np.concatenate(groups)
-    cols = np.concatenate([np.full(g.size, j) for j, g in enumerate(groups)])
-    S = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, len(groups)))
-    RS = backend.spmm(backend.submatrix(T, transient, np.arange(n)), backend.asarray(S.toarray()))
+    S = np.zeros((absorbing.size, len(groups)))
+    for j, g in enumerate(groups):
+        S[np.searchsorted(absorbing, g), j] = 1.0
+    R = backend.submatrix(T, transient, absorbing)
+    RS = backend.spmm(R, backend.asarray(S))
     return transient, A, RS
 
 
-def _cells_reaching_no_target(backend, T: Any, targets: np.ndarray) -> int:
-    """Number of cells with no path to ``targets`` (host graph search; only on the failure path)."""
+def _cells_reaching_no_target(backend, T: Any, targets: np.ndarray) -> np.ndarray:
+    """Cells with no path to ``targets`` (host graph search; only run on the failure path)."""
+    import scipy.sparse as sp
     from scipy.sparse.csgraph import breadth_first_order
 
-    Th = backend.to_scipy_csr(T)
+    Th = backend.to_scipy_csr(T).tocoo()
     n = Th.shape[0]
-    # Reverse graph with a virtual source linked to every target: reachable = can reach a target.
-    coo = Th.tocoo()
-    rows, cols = np.r_[coo.col, np.full(targets.size, n)], np.r_[coo.row, targets]
+    # Reverse graph plus a virtual source n linked to every target: reached = can reach a target.
+    mask = Th.data != 0
+    rows = np.r_[Th.col[mask], np.full(targets.size, n)]
+    cols = np.r_[Th.row[mask], targets]
     rev = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n + 1, n + 1))
     reached = breadth_first_order(rev, n, directed=True, return_predecessors=False)
-    return int(n - (np.sum(reached < n)))
+    ok = np.zeros(n + 1, dtype=bool)
+    ok[reached] = True
+    return np.flatnonzero(~ok[:n])
 
 
+def _reducible_error(backend, T, absorbing, index) -> ValueError | None:
+    stuck = _cells_reaching_no_target(backend, T, absorbing)
+    if stuck.size == 0:
+        return None
+    examples = [str(index[i]) for i in stuck[:5]]
+    return ValueError(
+        f"{stuck.size} transient cell(s) reach no terminal state (the chain is reducible; e.g. {examples}). "
+        "Add terminal states for the missing end points (they form closed classes of T), or use a "
+        "kernel whose graph is connected."
+    )
+
+
+def _prepare(backend, T, terminal_states, keys):
+    be = get_backend(backend)
+    shape = tuple(getattr(T, "shape", ()))
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"T must be a square matrix, got shape {shape}.")
+    T = be.ensure_native(T)
+    absorbing, names, groups = terminal_indicator(terminal_states, keys, n_cells=shape[0])
+    transient, A, RS = _transient_system(be, T, absorbing, groups)
+    # A lineage no transient cell steps into is never reached: B's column would be 0.
+    inflow = be.to_host(be.xp.sum(RS, axis=0))
+    unreachable = [nm for nm, f in zip(names, np.atleast_1d(inflow), strict=True) if not f > 0]
+    if unreachable:
+        raise ValueError(
+            f"Terminal state(s) {unreachable} cannot be reached from any transient cell "
+            "(no transition into them); remove them from the terminal states or check T."
+        )
+    return be, T, absorbing, names, groups, transient, A, RS
+
+
+def _checked_solve(be, T, A, B, absorbing, index, **kw) -> SolveResult:
+    result = solve(A, B, backend=be, throw=False, **kw)
+    if not result.converged:
+        err = _reducible_error(be, T, absorbing, index)
+        if err is not None:
+            raise err
+        worst = float(np.max(result.residual_norms)) if result.residual_norms is not None else float("nan")
+        raise RuntimeError(
+            f"The absorption solve did not converge (status={result.status.value}, method={result.method!r}, "
+            f"worst relative residual {worst:.3g}, tol={kw.get('tol')}). Try a larger maxiter, "
+            "preconditioner='ilu' (scipy) or 'jacobi', a looser tol, or method='direct'."
+        )
+    return result
+
+
+# ---------------------------------------------------------------------- public
 def fate_probabilities(
-    backend,
+    backend: Any,
     T: Any,
     terminal_states: pd.Series,
     *,
@@ -92,74 +199,83 @@ def fate_probabilities(
     maxiter: int | None = None,
     check_sum_tol: float = 1e-3,
     colors: list[str] | None = None,
-):
-    """Probability that a walk from each cell is absorbed in each terminal state.
+) -> tuple[Lineage, SolveResult]:
+    r"""Probability that a random walk from each cell ends in each terminal state.
+
+    Solves :math:`(I - Q) B = R S` for all lineages at once (see the module docstring).
+
+    Parameters
+    ----------
+    backend
+        Backend (name or instance) that holds ``T``; a SciPy ``T`` is moved there.
+    T
+        ``n x n`` row-stochastic transition matrix (native or SciPy sparse).
+    terminal_states
+        Categorical series of length ``n`` (NaN = not terminal); cells of one category form one
+        absorbing lineage.
+    keys
+        Lineages to compute (default all categories; ``"A, B"`` merges A and B). Terminal states
+        not named are treated as transient.
+    method, tol, preconditioner, maxiter
+        Passed to :func:`cellfate_gpu.linalg.solve` (``method`` ``"auto"``, ``"gmres"``,
+        ``"direct"``, ``"bcgs"``).
+    check_sum_tol
+        Largest accepted deviation of a row sum from 1, and of an entry below 0. Entries in
+        ``[-check_sum_tol, 0)`` are solver noise and are clipped to 0; rows are then renormalised.
+    colors
+        Lineage colours (default: tab10).
 
     Returns
     -------
     (Lineage, SolveResult)
-        ``n_cells x n_lineages`` probabilities (terminal cells one-hot) and the solve's record.
+        ``n x L`` probabilities on the host (terminal cells one-hot) and the solve's record.
 
     Raises
     ------
     ValueError
-        No terminal states; a lineage that no transient cell can reach; transient cells that reach no
-        terminal state (reducible chain).
+        No terminal states; a lineage no transient cell can step into; transient cells that reach no
+        terminal state (reducible chain) — the message says how many, with examples.
     RuntimeError
-        The result is not a probability distribution within ``check_sum_tol`` (says what to try).
+        The solve did not converge, or the result is not a distribution within ``check_sum_tol``;
+        the message says what to try.
     """
-    absorbing, names, groups = terminal_indicator(terminal_states, keys)
-    transient, A, RS = _transient_system(backend, T, absorbing, groups)
-    inflow = backend.to_host(backend.xp.sum(RS, axis=0))
-    unreachable = [nm for nm, f in zip(names, inflow, strict=True) if f <= 0]
-    if unreachable:
-        raise ValueError(f"Terminal state(s) {unreachable} cannot be reached from any transient cell.")
-    result = solve(
-        A, RS, method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend, throw=False
-    )
-    if not result.converged:
-        stuck = _cells_reaching_no_target(backend, T, absorbing)
-        if stuck:
-            raise ValueError(
-                f"{stuck} transient cell(s) reach no terminal state (the chain is reducible); "
-                "add terminal states for the missing end points or use a connected kernel."
-            )
+    if not check_sum_tol > 0:
+        raise ValueError(f"check_sum_tol must be positive, got {check_sum_tol!r}.")
+    index = terminal_states.index
+    be, T, absorbing, names, groups, transient, A, RS = _prepare(backend, T, terminal_states, keys)
+    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter)
+    result = _checked_solve(be, T, A, RS, absorbing, index, **kw)
+    X = be.to_host(result.X).reshape(transient.size, len(names))
+    sums = X.sum(axis=1)
+    if np.any(sums < 1.0 - check_sum_tol):
+        err = _reducible_error(be, T, absorbing, index)
+        if err is not None:
+            raise err
+    worst_sum = float(np.max(np.abs(sums - 1.0)))
+    most_negative = float(X.min())
+    if not np.all(np.isfinite(X)) or worst_sum > check_sum_tol or most_negative < -check_sum_tol:
         raise RuntimeError(
-            f"The absorption solve did not converge (status={result.status.value}, method={result.method!r}). "
-            "Try a larger maxiter, preconditioner='ilu' or 'jacobi', a looser tol, or method='direct'."
+            f"Fate probabilities are not distributions: min entry {most_negative:.3g}, max |row sum - 1| "
+            f"{worst_sum:.3g} (check_sum_tol={check_sum_tol:g}). Try a smaller tol (now {tol:g}), "
+            "preconditioner='ilu' (scipy) or 'jacobi', or method='direct'."
         )
-    X = backend.to_host(result.X).reshape(transient.size, len(names))
-    n = T.shape[0]
-    probs = np.zeros((n, len(names)))
+    X = np.clip(X, 0.0, 1.0)
+    X /= X.sum(axis=1, keepdims=True)
+    probs = np.zeros((T.shape[0], len(names)))
     probs[transient] = X
     for j, g in enumerate(groups):
         probs[g, j] = 1.0
-    sums = probs[transient].sum(axis=1)
-    stuck = int(np.sum(sums < 1e-8))
-    if stuck:
-        raise ValueError(
-            f"{stuck} transient cell(s) reach no terminal state (the chain is reducible); "
-            "add terminal states for the missing end points or use a connected kernel."
-        )
-    if probs.min() < -check_sum_tol or np.abs(sums - 1.0).max() > check_sum_tol:
-        raise RuntimeError(
-            f"Fate probabilities are not distributions (min {probs.min():.3g}, max |row sum - 1| "
-            f"{np.abs(sums - 1.0).max():.3g} > check_sum_tol={check_sum_tol:g}). Try a smaller tol, "
-            "preconditioner='ilu' or 'jacobi', or method='direct'."
-        )
-    probs = np.clip(probs, 0.0, 1.0)
-    probs /= probs.sum(axis=1, keepdims=True)
-    if colors is None:
-        colors = None
+    if colors is not None and len(colors) != len(names):
+        raise ValueError(f"Got {len(colors)} colors for {len(names)} lineages {names}.")
     return Lineage(probs, names=names, colors=colors), result
 
 
 def absorption_times(
-    backend,
+    backend: Any,
     T: Any,
     terminal_states: pd.Series,
-    *,
     keys: list[str] | None = None,
+    *,
     calculate_variance: bool = False,
     method: str = "auto",
     tol: float = 1e-10,
@@ -167,37 +283,71 @@ def absorption_times(
     maxiter: int | None = None,
     index: Any = None,
 ) -> pd.DataFrame:
-    r"""Expected number of steps until absorption, per lineage (``{lin}_mean``, ``{lin}_var`` columns).
+    r"""Expected number of steps until absorption (and its variance), per lineage.
 
-    Every terminal state in ``keys`` is absorbing (so :math:`I - Q` is non-singular whenever every
-    transient cell reaches one). Column ``l`` is the time conditioned on absorption in lineage ``l``:
-    with fate probabilities :math:`b_l`, :math:`u_l = N b_l = E[\tau\,1\{l\}]` and
-    :math:`w_l = N (2 u_l - b_l) = E[\tau^2 1\{l\}]` (first-step analysis), so
-    :math:`E[\tau \mid l] = u_l / b_l` and :math:`\mathrm{Var}[\tau \mid l] = w_l / b_l - (u_l / b_l)^2`.
-    With a single lineage this is the textbook :math:`m = N \mathbf 1`, :math:`v = (2N - I) m - m \circ m`.
-    Cells that never end in ``l`` get NaN; absorbing cells get 0.
+    Every terminal state named in ``keys`` is absorbing. Column ``{lin}_mean`` is
+    :math:`E[\tau \mid \text{absorbed in } lin] = (N b_l) / b_l`; ``{lin}_var`` (with
+    ``calculate_variance``) is :math:`\mathrm{Var}[\tau \mid lin] = N(2 N b_l - b_l) / b_l - (N b_l / b_l)^2`.
+    With a single lineage (e.g. ``keys=["A, B"]``) :math:`b = \mathbf 1`, giving the textbook
+    :math:`m = (I - Q)^{-1}\mathbf 1` and :math:`v = (2N - I) m - m \circ m` (Kemeny & Snell).
+
+    Parameters
+    ----------
+    backend, T, terminal_states, keys, method, tol, preconditioner, maxiter
+        As in :func:`fate_probabilities`.
+    calculate_variance
+        Also compute the variance (one more block solve).
+    index
+        Index of the returned frame (default: ``terminal_states.index``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n_cells`` rows; ``{lin}_mean`` (and ``{lin}_var``) per lineage. Absorbing cells get 0;
+        transient cells that never end in ``lin`` get NaN.
+
+    Notes
+    -----
+    Three block solves with ``L`` columns each (:math:`b`, :math:`u`, :math:`w`); the results come to
+    the host in one transfer.
     """
-    absorbing, names, groups = terminal_indicator(terminal_states, keys)
-    transient, A, RS = _transient_system(backend, T, absorbing, groups)
-    xp = backend.xp
-    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter, backend=backend)
-    Bt = solve(A, RS, **kw).X  # fate probabilities of the transient cells (backend array)
-    U = solve(A, Bt, **kw).X
-    Bh, Uh = backend.to_host(Bt).reshape(transient.size, -1), backend.to_host(U).reshape(transient.size, -1)
+    idx = terminal_states.index
+    be, T, absorbing, names, _, transient, A, RS = _prepare(backend, T, terminal_states, keys)
+    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter)
+    xp = be.xp
+    L = len(names)
+    Bt = xp.reshape(_checked_solve(be, T, A, RS, absorbing, idx, **kw).X, (transient.size, L))
+    U = xp.reshape(_checked_solve(be, T, A, Bt, absorbing, idx, **kw).X, (transient.size, L))
+    blocks = [Bt, U]
     if calculate_variance:
-        W = solve(A, 2.0 * U - xp.reshape(Bt, U.shape), **kw).X
-        Wh = backend.to_host(W).reshape(transient.size, -1)
-    n = T.shape[0]
-    out = {}
+        blocks.append(xp.reshape(_checked_solve(be, T, A, 2.0 * U - Bt, absorbing, idx, **kw).X, (transient.size, L)))
+    host = be.to_host(xp.concat(blocks, axis=1) if hasattr(xp, "concat") else xp.concatenate(blocks, axis=1))
+    Bh, Uh = host[:, :L], host[:, L : 2 * L]
     reach = Bh > 1e-12
+    n = T.shape[0]
+    out: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        for j, name in enumerate(names):
-            mean = np.zeros(n)
-            mean[transient] = np.where(reach[:, j], Uh[:, j] / Bh[:, j], np.nan)
-            out[f"{name}_mean"] = mean
-            if calculate_variance:
-                var = np.zeros(n)
-                m = Uh[:, j] / Bh[:, j]
-                var[transient] = np.where(reach[:, j], np.maximum(Wh[:, j] / Bh[:, j] - m * m, 0.0), np.nan)
-                out[f"{name}_var"] = var
-    return pd.DataFrame(out, index=index)
+        mean_t = np.where(reach, Uh / Bh, np.nan)
+        if calculate_variance:
+            var_t = np.where(reach, np.maximum(host[:, 2 * L :] / Bh - mean_t * mean_t, 0.0), np.nan)
+    for j, name in enumerate(names):
+        col = np.zeros(n)
+        col[transient] = mean_t[:, j]
+        out[f"{name}_mean"] = col
+        if calculate_variance:
+            col = np.zeros(n)
+            col[transient] = var_t[:, j]
+            out[f"{name}_var"] = col
+    return pd.DataFrame(out, index=idx if index is None else index)
+
+
+def lineage_priming(probs: Lineage, method: str = "kl_divergence", early_cells: Any = None) -> np.ndarray:
+    r"""Degree of lineage priming per cell, in :math:`[0, 1]`.
+
+    See :meth:`cellfate_gpu.lineage.Lineage.priming_degree`: ``"kl_divergence"`` scores
+    :math:`\sum_l p_{il}\log_2(p_{il}/\bar p_l)` against the mean fate of ``early_cells``,
+    ``"entropy"`` scores :math:`\max_j H_j - H_i`; both min-max scaled.
+    """
+    if not isinstance(probs, Lineage):
+        raise TypeError(f"probs must be a Lineage, got {type(probs).__name__}.")
+    return probs.priming_degree(method=method, early_cells=early_cells)

@@ -216,6 +216,8 @@ def solve(
     bshape = tuple(getattr(B, "shape", np.shape(B)))
     if len(bshape) not in (1, 2) or bshape[0] != n:
         raise ValueError(f"B must have shape ({n},) or ({n}, m) to match A, got shape {bshape}.")
+    if isinstance(B, np.ndarray) and not np.all(np.isfinite(B)):
+        raise ValueError(f"B contains non-finite values ({int(np.sum(~np.isfinite(B)))} entries).")
     if x0 is not None and tuple(getattr(x0, "shape", np.shape(x0))) != bshape:
         raise ValueError(f"x0 must have the shape of B {bshape}, got {tuple(np.shape(x0))}.")
     if method == "auto":

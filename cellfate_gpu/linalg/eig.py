@@ -74,7 +74,12 @@ def eig_from_schur(
         if lschur.status is not Status.CONVERGED:
             status = lschur.status
         if lschur.R is not None:
-            _, W = vectors_from_schur(backend, lschur, k)
+            # A^T v = mu v  =>  w = conj(v) satisfies w^H A = mu w^H; pair every lambda_j with its mu.
+            mu, Wt = vectors_from_schur(backend, lschur, lschur.R.shape[0])
+            pick = [int(np.argmin(np.abs(np.asarray(mu) - lam_j))) for lam_j in np.atleast_1d(lam)]
+            W = backend.xp.take(Wt, backend.asarray(np.asarray(pick)), axis=1)
+            if np.iscomplexobj(np.asarray(mu)):
+                W = backend.xp.conj(W)
     return EigResult(
         status=status,
         iterations=iterations,

@@ -1,0 +1,3 @@
+"""``cupyx.scipy`` of the CuPy test double."""
+
+from . import sparse  # noqa: F401

@@ -1,0 +1,277 @@
+"""``cupyx.scipy.sparse`` of the CuPy test double: CSR/CSC matrices over SciPy, device components.
+
+Building a matrix from a SciPy matrix is a counted host->device transfer and ``.get()`` a counted
+device->host transfer, as in cupyx. ``.data``, ``.indices`` and ``.indptr`` are device arrays of
+the double (views of the SciPy buffers). Mixing a host NumPy array into a product raises
+``TypeError`` as in CuPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as _sp
+from cupy._double import count, ndarray, unsupported
+
+__all__ = [
+    "coo_matrix", "csc_matrix", "csr_matrix", "diags", "eye", "identity", "issparse", "isspmatrix_csr", "spmatrix",
+]  # fmt: skip
+
+
+def _nbytes(M) -> int:
+    M = _sp.csr_matrix(M) if M.format not in {"csr", "csc"} else M
+    return M.data.nbytes + M.indices.nbytes + M.indptr.nbytes
+
+
+class spmatrix:
+    """Base of the double's sparse matrices (holds a SciPy matrix ``_m`` standing for device memory)."""
+
+    format = ""
+    _scipy = None
+
+    def __init__(self, arg1, shape=None, dtype=None, copy=False):
+        if isinstance(arg1, spmatrix):
+            m = arg1._m
+        elif _sp.issparse(arg1):
+            count("h2d", _nbytes(arg1))
+            m = arg1
+        elif isinstance(arg1, tuple) and len(arg1) == 3:
+            data, indices, indptr = arg1
+            for part in (data, indices, indptr):
+                if not isinstance(part, ndarray):
+                    raise unsupported(part)
+            m = self._scipy((data._a, indices._a, indptr._a), shape=shape)
+        elif isinstance(arg1, tuple) and len(arg1) == 2 and isinstance(arg1[1], tuple):
+            data, (row, col) = arg1
+            for part in (data, row, col):
+                if not isinstance(part, ndarray):
+                    raise unsupported(part)
+            m = _sp.coo_matrix((data._a, (row._a, col._a)), shape=shape)
+        elif isinstance(arg1, ndarray):
+            m = arg1._a
+        elif isinstance(arg1, np.ndarray):
+            raise unsupported(arg1)
+        else:
+            raise TypeError(f"unsupported input for {type(self).__name__}: {type(arg1).__name__}")
+        m = self._scipy(m, dtype=dtype, copy=copy)
+        self._m = m
+
+    @classmethod
+    def _from(cls, m):
+        out = cls.__new__(cls)
+        out._m = cls._scipy(m)
+        return out
+
+    # ------------------------------------------------------------------ metadata
+    shape = property(lambda self: self._m.shape)
+    dtype = property(lambda self: self._m.dtype)
+    nnz = property(lambda self: self._m.nnz)
+    ndim = 2
+
+    @property
+    def has_canonical_format(self) -> bool:
+        return bool(self._m.has_canonical_format)
+
+    @property
+    def has_sorted_indices(self) -> bool:
+        return bool(self._m.has_sorted_indices)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array "
+            "explicitly."
+        )
+
+    # ------------------------------------------------------------------ explicit transfer
+    def get(self, stream=None):
+        count("d2h", _nbytes(self._m))
+        return self._m.copy()
+
+    # ------------------------------------------------------------------ conversions
+    def tocsr(self, copy=False):
+        return csr_matrix._from(self._m.tocsr(copy=copy))
+
+    def tocsc(self, copy=False):
+        return csc_matrix._from(self._m.tocsc(copy=copy))
+
+    def tocoo(self, copy=False):
+        return coo_matrix._from(self._m.tocoo(copy=copy))
+
+    def toarray(self, order=None, out=None):
+        return ndarray(self._m.toarray())
+
+    def copy(self):
+        return type(self)._from(self._m.copy())
+
+    def astype(self, t):
+        return type(self)._from(self._m.astype(t))
+
+    def transpose(self, axes=None, copy=False):
+        t = self._m.transpose()
+        return (csc_matrix if t.format == "csc" else csr_matrix)._from(t)
+
+    T = property(transpose)
+
+    def sum_duplicates(self):
+        self._m.sum_duplicates()
+
+    def sort_indices(self):
+        self._m.sort_indices()
+
+    def eliminate_zeros(self):
+        self._m.eliminate_zeros()
+
+    def diagonal(self, k=0):
+        return ndarray(self._m.diagonal(k))
+
+    def sum(self, axis=None, dtype=None, out=None):
+        out = self._m.sum(axis=axis, dtype=dtype)
+        return ndarray(np.asarray(out))
+
+    def multiply(self, other):
+        if isinstance(other, spmatrix):
+            return csr_matrix._from(_sp.csr_matrix(self._m.multiply(other._m)))
+        if isinstance(other, ndarray):
+            return _wrap_result(self._m.multiply(other._a))
+        if np.isscalar(other):
+            return type(self)._from(self._m.multiply(other))
+        raise unsupported(other)
+
+    # ------------------------------------------------------------------ arithmetic
+    def _other(self, other):
+        if isinstance(other, spmatrix):
+            return other._m
+        if isinstance(other, ndarray):
+            return other._a
+        if isinstance(other, int | float | complex | np.generic):
+            return other
+        raise unsupported(other)
+
+    def __matmul__(self, other):
+        return _wrap_result(self._m @ self._other(other))
+
+    def dot(self, other):
+        return self.__matmul__(other)
+
+    def __rmatmul__(self, other):
+        return _wrap_result(self._other(other) @ self._m)
+
+    def __add__(self, other):
+        return _wrap_result(self._m + self._other(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        return _wrap_result(self._m - self._other(other))
+
+    def __rsub__(self, other):
+        return _wrap_result(self._other(other) - self._m)
+
+    def __mul__(self, other):
+        if isinstance(other, ndarray | spmatrix):
+            return self.__matmul__(other)  # cupyx keeps the spmatrix meaning of * (matrix product)
+        return _wrap_result(self._m * self._other(other))
+
+    def __rmul__(self, other):
+        return _wrap_result(self._other(other) * self._m)
+
+    def __truediv__(self, other):
+        return _wrap_result(self._m / self._other(other))
+
+    def __neg__(self):
+        return type(self)._from(-self._m)
+
+    def __getitem__(self, key):
+        def unwrap_key(k):
+            if isinstance(k, tuple):
+                return tuple(unwrap_key(x) for x in k)
+            if isinstance(k, ndarray):
+                return k._a
+            if isinstance(k, np.ndarray):
+                raise unsupported(k)
+            return k
+
+        return _wrap_result(self._m[unwrap_key(key)])
+
+    def __repr__(self) -> str:
+        return f"<cupyx double {self.format} matrix {self.shape[0]}x{self.shape[1]}, nnz={self.nnz}, {self.dtype}>"
+
+
+class _CompressedMixin:
+    @property
+    def data(self):
+        return ndarray(self._m.data)
+
+    @property
+    def indices(self):
+        return ndarray(self._m.indices)
+
+    @property
+    def indptr(self):
+        return ndarray(self._m.indptr)
+
+
+class csr_matrix(_CompressedMixin, spmatrix):
+    """``cupyx.scipy.sparse.csr_matrix`` of the double."""
+
+    format = "csr"
+    _scipy = staticmethod(_sp.csr_matrix)
+
+
+class csc_matrix(_CompressedMixin, spmatrix):
+    """``cupyx.scipy.sparse.csc_matrix`` of the double."""
+
+    format = "csc"
+    _scipy = staticmethod(_sp.csc_matrix)
+
+
+class coo_matrix(spmatrix):
+    """``cupyx.scipy.sparse.coo_matrix`` of the double."""
+
+    format = "coo"
+    _scipy = staticmethod(_sp.coo_matrix)
+
+    row = property(lambda self: ndarray(self._m.row))
+    col = property(lambda self: ndarray(self._m.col))
+    data = property(lambda self: ndarray(self._m.data))
+
+
+def _wrap_result(r):
+    if isinstance(r, np.matrix):
+        return ndarray(np.asarray(r))
+    if isinstance(r, np.ndarray):
+        return ndarray(r)
+    if isinstance(r, np.generic):
+        return ndarray(np.asarray(r))
+    if _sp.issparse(r):
+        fmt = r.format
+        cls = {"csr": csr_matrix, "csc": csc_matrix}.get(fmt, csr_matrix)
+        return cls._from(r if fmt in {"csr", "csc"} else r.tocsr())
+    return r
+
+
+def issparse(x) -> bool:
+    return isinstance(x, spmatrix)
+
+
+def isspmatrix_csr(x) -> bool:
+    return isinstance(x, csr_matrix)
+
+
+def identity(n, dtype="d", format=None):
+    return _wrap_result(_sp.identity(n, dtype=dtype, format=format or "csr"))
+
+
+def eye(m, n=None, k=0, dtype="d", format=None):
+    return _wrap_result(_sp.eye(m, n, k=k, dtype=dtype, format=format or "csr"))
+
+
+def diags(diagonals, offsets=0, shape=None, format=None, dtype=None):
+    def host(d):
+        if isinstance(d, ndarray):
+            return d._a
+        if isinstance(d, np.ndarray):
+            raise unsupported(d)
+        return d
+
+    diagonals = [host(d) for d in diagonals] if isinstance(diagonals, list | tuple) else host(diagonals)
+    return _wrap_result(_sp.diags(diagonals, offsets, shape=shape, format=format or "csr", dtype=dtype))
