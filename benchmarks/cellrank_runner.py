@@ -94,10 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     n = adata.n_obs
     notes = [
         "fate probabilities and absorption times with use_petsc=False (CellRank 2.3.3 + petsc4py 3.26: "
-        "Mat.getVecs is gone), solver='gmres', tol=%g" % args.tol,
+        f"Mat.getVecs is gone), solver='gmres', tol={args.tol:g}",
     ]
     steps: list[dict] = []
-    state: dict = {}
 
     def record(name, fn):
         if name not in wanted:
@@ -200,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             skip(name, "skipped: no terminal states (pass --terminal or run terminal_top6)")
     else:
         kw = dict(use_petsc=False, solver="gmres", tol=args.tol, **job_kw)
-        if record("fate_probabilities", lambda: g.compute_fate_probabilities(show_progress_bar=False, **kw)) is not None:
+        fate_step = record("fate_probabilities", lambda: g.compute_fate_probabilities(show_progress_bar=False, **kw))
+        if fate_step is not None:
             fate = g.fate_probabilities
         record("absorption_times", lambda: g.compute_absorption_times(show_progress_bar=False, **kw))
         if fate is not None:
@@ -219,7 +219,8 @@ def _write(out, n, steps, notes, T, ev, fate, term, version) -> None:
     if ev is not None:
         arrays.update(eig_real=np.real(ev), eig_imag=np.imag(ev))
     if fate is not None:
-        arrays.update(fate=np.asarray(fate.X if hasattr(fate, "X") else fate), fate_names=np.array(fate.names, dtype=str))
+        fate_matrix = np.asarray(fate.X if hasattr(fate, "X") else fate)
+        arrays.update(fate=fate_matrix, fate_names=np.array(fate.names, dtype=str))
     if term is not None:
         mask = term.notna().to_numpy()
         arrays.update(

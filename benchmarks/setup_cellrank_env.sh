@@ -2,8 +2,11 @@
 # A separate Python 3.12 environment with CellRank 2.3.3 for side-by-side benchmarks and parity runs.
 # CellRank >= 2.1 needs Python 3.12 (this machine's default is 3.11). Pins:
 #  - scikit-learn<1.9 and pynndescent<0.7: scanpy 1.12.4's sc.pp.neighbors crashes with newer ones;
-#  - no petsc4py here: CellRank 2.3.3's PETSc path fails with petsc4py 3.26 (`Mat.getVecs` is gone),
-#    so the runner calls compute_fate_probabilities(use_petsc=False).
+#  - petsc4py/slepc4py for Python 3.12 (built by ci/install_petsc.sh; the PETSc and SLEPc wheels are
+#    Python-independent and come from pip's cache): CellRank's compute_schur uses SLEPc's Krylov-Schur
+#    when slepc4py imports, and densifies T otherwise (brandts: O(n^3), 755 s at 10k cells here).
+#    CellRank 2.3.3's PETSc linear-solve path fails with petsc4py 3.26 (`Mat.getVecs` is gone), so the
+#    runner calls compute_fate_probabilities(use_petsc=False). Set CELLRANK_WITH_SLEPC=0 to skip.
 set -euo pipefail
 VENV=${CELLRANK_VENV:-$HOME/.cache/cellfate_gpu/cellrank-venv}
 PY312=${PYTHON312:-}
@@ -18,5 +21,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "cellrank==2.3.3" "scikit-learn<1.9" "pynndescent<0.7" anndata
+if [ "${CELLRANK_WITH_SLEPC:-1}" = "1" ]; then
+    PYTHON="$VENV/bin/python" bash "$(dirname "$0")/../ci/install_petsc.sh"
+fi
 "$VENV/bin/python" -c "import cellrank; print('cellrank', cellrank.__version__)"
 echo "$VENV/bin/python"

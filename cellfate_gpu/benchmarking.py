@@ -33,6 +33,7 @@ half the restart length (30) in GMRES.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -129,7 +130,7 @@ def stream_triad_bandwidth(n: int = 20_000_000, repeats: int = 5, threads: int |
     b, c = np.ones(n), np.full(n, 2.0)
     a = np.zeros(n)
     edges = np.linspace(0, n, threads + 1).astype(int)
-    bounds = [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+    bounds = [(int(lo), int(hi)) for lo, hi in itertools.pairwise(edges) if hi > lo]
 
     def triad(lo_hi: tuple[int, int]) -> None:
         lo, hi = lo_hi
@@ -592,8 +593,13 @@ def run_benchmarks(
                 if reference is not None:
                     diffs = _compare(reference, cr)
                     records.append(
-                        {"n_cells": n, "tool": "parity", "step": "max_abs_diff", "status": "ok",
-                         **{f"diff_{k}": v for k, v in diffs.items()}}  # fmt: skip
+                        {
+                            "n_cells": n,
+                            "tool": "parity",
+                            "step": "max_abs_diff",
+                            "status": "ok",
+                            **{f"diff_{k}": v for k, v in diffs.items()},
+                        }
                     )
                     notes = cr.get("notes", [])
                     records[-1]["notes"] = "; ".join(notes)

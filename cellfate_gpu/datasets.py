@@ -20,6 +20,8 @@ from cellfate_gpu._remote_datasets import REMOTE_DATASETS, cache_dir, load
 __all__ = ["synthetic_atlas", "load", "REMOTE_DATASETS", "lineage_names"]
 
 _TRUNK_END = 0.3  # pseudotime where the trunk branches
+_BLOCK = 65_536  # cells per block of generated expression
+_CACHE_MIN_CELLS = 100_000  # atlases at least this large are cached on disk
 _PALETTE = [
     "#1f77b4",
     "#ff7f0e",
@@ -117,7 +119,7 @@ def synthetic_atlas(
         )
     params = dict(n_cells=n_cells, n_lineages=n_lineages, n_genes=n_genes, n_neighbors=n_neighbors, seed=seed)
     path = _cache_path(params)
-    if cache and n_cells >= 100_000 and path.is_file():
+    if cache and n_cells >= _CACHE_MIN_CELLS and path.is_file():
         info("Loading the generated atlas from %s", path)
         return ad.read_h5ad(path)
 
@@ -141,26 +143,34 @@ def synthetic_atlas(
         umap += rng.normal(scale=0.12, size=umap.shape)
         latent = np.c_[umap, rng.normal(scale=0.05, size=(n_cells, 3))]
 
-        # Gene programmes.
+        # Gene programmes, generated in blocks of cells so that memory stays O(block x genes) beyond
+        # the float32 layers; the random streams are drawn in the same order as one big draw would be.
         kinds = rng.choice(3, size=n_genes, p=[0.3, 0.6, 0.1])  # stemness, branch, housekeeping
         kinds[: min(3, n_genes)] = [0, 1, 2][: min(3, n_genes)]
         gene_branch = rng.integers(0, n_lineages, n_genes)
         amplitude = rng.lognormal(mean=1.5, sigma=0.5, size=n_genes)
-        s = 1.0 / (1.0 + np.exp(-10.0 * (t[:, None] - 0.55)))
-        same = branch[:, None] == gene_branch[None, :]
-        mu = np.where(kinds == 0, np.exp(-3.0 * t[:, None]), 0.0)
-        dmu = np.where(kinds == 0, -3.0 * np.exp(-3.0 * t[:, None]), 0.0)
-        mu = mu + np.where((kinds == 1) & same, s, 0.0) + np.where(kinds == 2, 0.5, 0.0)
-        dmu = dmu + np.where((kinds == 1) & same, 10.0 * s * (1.0 - s), 0.0)
-        mu *= amplitude
-        dmu *= amplitude
-        del s, same
-        Ms = (mu * rng.lognormal(sigma=0.05, size=mu.shape)).astype(np.float32)
-        velocity = (dmu * 0.1 + rng.normal(scale=0.02, size=mu.shape) * amplitude).astype(np.float32)
+        blocks = [slice(a, min(a + _BLOCK, n_cells)) for a in range(0, n_cells, _BLOCK)]
+
+        def programme(block: slice) -> tuple[np.ndarray, np.ndarray]:
+            tb = t[block, None]
+            s = 1.0 / (1.0 + np.exp(-10.0 * (tb - 0.55)))
+            on = (kinds == 1) & (branch[block, None] == gene_branch[None, :])
+            stem = np.where(kinds == 0, np.exp(-3.0 * tb), 0.0)
+            mu = stem + np.where(on, s, 0.0) + np.where(kinds == 2, 0.5, 0.0)
+            dmu = -3.0 * stem + np.where(on, 10.0 * s * (1.0 - s), 0.0)
+            return mu * amplitude, dmu * amplitude
+
+        Ms = np.empty((n_cells, n_genes), dtype=np.float32)
+        velocity = np.empty((n_cells, n_genes), dtype=np.float32)
+        for block in blocks:
+            mu, _ = programme(block)
+            Ms[block] = mu * rng.lognormal(sigma=0.05, size=mu.shape)
+        for block in blocks:
+            _, dmu = programme(block)
+            velocity[block] = dmu * 0.1 + rng.normal(scale=0.02, size=dmu.shape) * amplitude
         Mu = np.maximum(Ms + velocity, 0).astype(np.float32)
-        spliced = sp.csr_matrix(rng.poisson(Ms).astype(np.float32))
-        unspliced = sp.csr_matrix(rng.poisson(Mu).astype(np.float32))
-        del mu, dmu
+        spliced = sp.vstack([sp.csr_matrix(rng.poisson(Ms[b]).astype(np.float32)) for b in blocks], format="csr")
+        unspliced = sp.vstack([sp.csr_matrix(rng.poisson(Mu[b]).astype(np.float32)) for b in blocks], format="csr")
 
         distances, conn = _knn_graph(latent, n_neighbors)
         clusters = np.where(
@@ -207,7 +217,7 @@ def synthetic_atlas(
         }
         adata.uns["clusters_colors"] = np.array([_PALETTE[i % len(_PALETTE)] for i in range(len(categories))])
         adata.uns["synthetic_atlas"] = {k: v for k, v in params.items()}
-    if cache and n_cells >= 100_000:
+    if cache and n_cells >= _CACHE_MIN_CELLS:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.h5ad")
         adata.write_h5ad(tmp)

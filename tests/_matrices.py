@@ -63,9 +63,7 @@ def knn_transition(
 def random_stochastic(n: int, *, seed: int = 0, density: float = 0.02, self_loops: float = 0.0) -> sp.csr_matrix:
     """Sparse random row-stochastic matrix (every row has at least one entry)."""
     rng = np.random.default_rng(seed)
-    A = sp.random(n, n, density=density, random_state=rng, format="csr") + sp.eye(n, format="csr") * (
-        self_loops + 1e-3
-    )
+    A = sp.random(n, n, density=density, random_state=rng, format="csr") + sp.eye(n, format="csr") * (self_loops + 1e-3)
     A = sp.csr_matrix(A)
     return sp.csr_matrix(sp.diags(1.0 / np.asarray(A.sum(axis=1)).ravel()) @ A)
 

@@ -16,13 +16,17 @@ from cellfate_gpu.backends import available_backends
 
 settings.verbosity = 1  # keep test output quiet; tests of logging raise it locally
 
-_HOST_BACKENDS = ["scipy", "jax"]  # the cupy double and petsc have their own suites
+_MARKS = {"cupy": [pytest.mark.gpu], "petsc": [pytest.mark.petsc]}
+_BACKENDS = [  # every registered backend, scipy first
+    pytest.param(name, marks=_MARKS.get(name, []), id=name)
+    for name in sorted(available_backends(), key=lambda name: (name != "scipy", name))
+]
 
 
-@pytest.fixture(params=_HOST_BACKENDS)
+@pytest.fixture(params=_BACKENDS)
 def backend(request):
-    """Name of a backend that can run here (skipped with the reason otherwise)."""
-    reason = available_backends().get(request.param, "not registered")
+    """Name of every registered backend; one that cannot run here is skipped with its reason."""
+    reason = available_backends().get(request.param)
     if reason is not None:
         pytest.skip(f"backend {request.param!r} unavailable: {reason}")
     return request.param
@@ -30,6 +34,7 @@ def backend(request):
 
 @pytest.fixture(scope="session")
 def atlas():
+    """A small generated branching atlas (600 cells, 3 lineages); do not modify it (use ``atlas_copy``)."""
     from cellfate_gpu.datasets import synthetic_atlas
 
     return synthetic_atlas(n_cells=600, n_lineages=3, n_genes=40, seed=0)
@@ -41,12 +46,15 @@ def atlas_copy(atlas):
 
 
 def shared_data_dir() -> Path:
+    """``<repo>/../shared/data`` when present, else env ``CELLFATE_SHARED_DATA``."""
+    local = Path(__file__).resolve().parents[2] / "shared" / "data"
     env = os.environ.get("CELLFATE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return local if local.is_dir() or not env else Path(env)
 
 
 @pytest.fixture
 def toy_adata():
+    """CellRank's 50-cell toy data (scVelo-processed); skipped when the shared data are absent."""
     import anndata as ad
 
     path = shared_data_dir() / "cellrank_toy_50.h5ad"

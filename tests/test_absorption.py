@@ -193,7 +193,13 @@ def test_lineage_priming_orders_committed_above_naive():
     for method in ("kl_divergence", "entropy"):
         d = lineage_priming(probs, method)
         assert d.min() == 0 and d.max() == 1
-        assert d[0] == 1 and d[2] == 0 and d[0] > d[1] > d[2]
+        assert d[0] == 1 and d[0] > d[3]
+    # entropy: the uniform cell is the least primed, the committed one the most
+    d = lineage_priming(probs, "entropy")
+    assert d[2] == 0 and d[0] > d[1] > d[2]
+    # KL to the population mean (0.48, 0.26, 0.26): cell 1 sits closest to it, so it is the least primed
+    d = lineage_priming(probs, "kl_divergence")
+    assert d[1] == 0 and d[0] > d[3] > d[2] > d[1]
     # KL against the early cells' mean, by hand (log2, then min-max scaled)
     early = np.array([False, False, True, True])
     ref = probs.X[early].mean(axis=0)

@@ -81,7 +81,10 @@ def test_run_benchmarks_500_cells_scipy(tmp_path):
     # matvec-counted steps carry consistent byte counts
     if "matvecs" in ours:
         mv = ours[ours["matvecs"].notna()]
-        assert (mv["spmm_bytes"] >= mv["matvecs"] * 16 * 500).all()
+        assert (mv["spmm_bytes"] > 0).all()
+        # the Schur step multiplies the whole T: per vector at least x and y (2 x 8 bytes x n)
+        schur = mv[mv["step"] == "schur_20"]
+        assert len(schur) == 1 and (schur["spmm_bytes"] >= schur["matvecs"] * 16 * 500).all()
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["triad_gbps"] == 10.0 and len(data["rows"]) == len(df)
 

@@ -157,9 +157,20 @@ def test_krylov_reads_are_bounded(cupy):
 
 
 # ---------------------------------------------------------------------------------------- AnnData
-def test_anndata_round_trip(cupy, caplog):
+def test_anndata_round_trip(cupy, caplog, monkeypatch):
+    import typing
+
     import anndata as ad
+    import anndata.typing
     import cupyx.scipy.sparse as csp
+
+    # AnnData resolves its CuPy types when it is first imported; in a full test run that happens
+    # before the double is installed, so teach AnnData's type check the double's classes.
+    monkeypatch.setattr(
+        anndata.typing,
+        "ArrayDataStructureTypes",
+        typing.Union[anndata.typing.ArrayDataStructureTypes, cupy.ndarray, csp.csr_matrix],  # noqa: UP007
+    )
 
     from cellfate_gpu.device import anndata_to_device, anndata_to_host
 

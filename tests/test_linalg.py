@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _matrices import knn_transition, random_stochastic, sorted_eigenvalues
 
 from cellfate_gpu.backends import Status
 from cellfate_gpu.linalg import SolveError, partial_eig, partial_schur, solve
-from _matrices import knn_transition, random_stochastic, sorted_eigenvalues
 
 CASES = [
     pytest.param(dict(n=500, seed=0, kind="branch", directed=0.0), id="branch-reversible-500"),
@@ -110,7 +110,8 @@ def _system(n, seed):
 
 @pytest.mark.parametrize("m", [1, 8])
 @pytest.mark.parametrize(
-    ("method", "pc"), [("gmres", None), ("gmres", "jacobi"), ("gmres", "ilu"), ("direct", None)],
+    ("method", "pc"),
+    [("gmres", None), ("gmres", "jacobi"), ("gmres", "ilu"), ("direct", None)],
     ids=["gmres", "gmres-jacobi", "gmres-ilu", "direct"],
 )
 @pytest.mark.parametrize("seed", [0, 1])
@@ -139,7 +140,7 @@ def test_solve_max_iter():
     B = np.random.default_rng(3).standard_normal((500, 2))
     res = solve(M, B, method="gmres", tol=1e-12, maxiter=3, throw=False, backend="scipy")
     assert res.status is Status.MAX_ITER and res.iterations == 3
-    with pytest.raises(SolveError, match="did not converge.*maxiter"):
+    with pytest.raises(SolveError, match=r"did not converge.*maxiter"):
         solve(M, B, method="gmres", tol=1e-12, maxiter=3, backend="scipy")
 
 

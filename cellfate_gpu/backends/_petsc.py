@@ -544,6 +544,7 @@ class PetscBackend(Backend):
             raise ValueError(f"k must satisfy 1 <= k < n={n}, got {k}.")
         ncv_now = min(n, ncv if ncv is not None else max(2 * k + 1, 20))
         nev = k
+        slepc_tol = _SLEPC_TOL_MARGIN * tol
         try:
             norm_bound = float(np.sqrt(M.norm(PETSc.NormType.NORM_1) * M.norm(PETSc.NormType.NORM_INFINITY)))
             for attempt in range(_SCHUR_RETRIES + 1):
@@ -554,7 +555,7 @@ class PetscBackend(Backend):
                     eps.setType(SLEPc.EPS.Type.KRYLOVSCHUR)
                     eps.setWhichEigenpairs(getattr(SLEPc.EPS.Which, _WHICH_TO_SLEPC[which]))
                     eps.setDimensions(nev=nev, ncv=max(ncv_now, min(n, nev + 1)), mpd=max(ncv_now, min(n, nev + 1)))
-                    eps.setTolerances(tol=_SLEPC_TOL_MARGIN * tol, max_it=maxiter)
+                    eps.setTolerances(tol=slepc_tol, max_it=maxiter)
                     eps.setConvergenceTest(SLEPc.EPS.Conv.NORM)
                     with self._options_applied():
                         eps.setFromOptions()
@@ -579,7 +580,7 @@ class PetscBackend(Backend):
                         v.destroy()
                 finally:
                     eps.destroy()
-                enough = False
+                enough = accurate = False
                 if nconv >= k:
                     Q_all = self._gather_rows(local_q, ranges)
                     AQ_all = self._gather_rows(local_aq, ranges)
@@ -590,9 +591,22 @@ class PetscBackend(Backend):
                     res = np.linalg.norm(AQ_all @ Z[:, :kk] - Q @ R, axis=0)
                     # A pair split by SLEPc's convergence (one half converged) would show here.
                     enough = bool(np.all(res <= max(100.0 * tol, 1e-12) * max(norm_bound, 1.0)))
+                    # The contract bounds the Schur residual by tol |A|; SLEPc's per-pair test can
+                    # leave it 10-100x above that on clustered spectra: then tighten and go again.
+                    accurate = bool(np.all(res <= tol * norm_bound))
                     evals = evals[:kk]
-                if enough:
+                if enough and (accurate or slepc_tol <= 1e-15 or attempt == _SCHUR_RETRIES):
                     break
+                if enough:
+                    worst = float(np.max(res)) / norm_bound
+                    info(
+                        "    SLEPc Schur residual %.2e |A| > tol=%.0e; retrying with SLEPc tol %.0e",
+                        worst,
+                        tol,
+                        max(slepc_tol * tol / worst / 10, 1e-15),
+                    )
+                    slepc_tol = max(slepc_tol * tol / worst / 10, 1e-15)
+                    continue
                 info(
                     "    SLEPc converged %d of %d Schur vectors (ncv=%d, attempt %d of %d)%s",
                     nconv,

@@ -247,7 +247,7 @@ def fate_probabilities(
     result = _checked_solve(be, T, A, RS, absorbing, index, **kw)
     X = be.to_host(result.X).reshape(transient.size, len(names))
     sums = X.sum(axis=1)
-    if np.any(sums < 1.0 - check_sum_tol):
+    if not np.all(np.abs(sums - 1.0) <= check_sum_tol):  # a singular system can overshoot, too
         err = _reducible_error(be, T, absorbing, index)
         if err is not None:
             raise err
@@ -257,7 +257,10 @@ def fate_probabilities(
         raise RuntimeError(
             f"Fate probabilities are not distributions: min entry {most_negative:.3g}, max |row sum - 1| "
             f"{worst_sum:.3g} (check_sum_tol={check_sum_tol:g}). Try a smaller tol (now {tol:g}), "
-            "preconditioner='ilu' (scipy) or 'jacobi', or method='direct'."
+            "preconditioner='ilu' (scipy) or 'jacobi', or method='direct'. If method='direct' fails too, "
+            "(I - Q) is numerically singular: some transient cells sit in a region the walk practically "
+            "never leaves (a metastable state that is not among the terminal states); check the macrostates "
+            "and the terminal states (e.g. more macrostates, or set_terminal_states)."
         )
     X = np.clip(X, 0.0, 1.0)
     X /= X.sum(axis=1, keepdims=True)

@@ -16,20 +16,30 @@ __all__ = ["PrecomputedKernel"]
 
 @final
 class PrecomputedKernel(UnidirectionalKernel):
-    """Wrap a row-stochastic matrix, ``adata.obsp[obsp_key]`` or another kernel's matrix.
+    """Wrap a row-stochastic matrix, ``adata.obsp[obsp_key]``, or another kernel's matrix (CellRank 2.3.3).
+
+    Unlike CellRank, the matrix is not silently row-normalised: it must already be row-stochastic
+    (rows summing to one within ``1e-6``), else a ``ValueError`` names the number of bad rows.
 
     Parameters
     ----------
     object
-        A sparse/dense matrix, a :class:`Kernel`, or ``None`` to read ``adata.obsp[obsp_key]``.
+        A SciPy sparse or dense matrix, a computed :class:`Kernel` (its matrix, direction and
+        parameters are taken), an :class:`~anndata.AnnData` (read ``obsp[obsp_key]``), an
+        ``obsp`` key (with ``adata``), or ``None`` to read ``adata.obsp[obsp_key]``.
     adata
-        Annotated data (an empty one with matching ``n_obs`` is made if ``None``).
+        Annotated data (an empty one with matching ``n_obs`` is made for a bare matrix).
     obsp_key
-        Key in ``adata.obsp`` when ``object`` is ``None`` (default ``T_fwd``).
+        Key in ``adata.obsp``; default ``T_bwd`` if ``backward`` else ``T_fwd``.
     backward
-        Direction of the process the matrix describes.
+        Direction of the process the matrix describes (``None``: no direction).
     backend
-        Where the matrix is stored (default: settings).
+        Where the matrix is stored (default ``settings.backend``).
+
+    Notes
+    -----
+    ``params['origin']`` records where the matrix came from (``'array'``,
+    ``"adata.obsp['T_fwd']"`` or the source kernel's repr), as in CellRank.
     """
 
     def __init__(
@@ -37,14 +47,22 @@ class PrecomputedKernel(UnidirectionalKernel):
         object: Any = None,
         adata=None,
         obsp_key: str | None = None,
-        backward: bool = False,
+        backward: bool | None = False,
         *,
         backend: Any = None,
     ):
+        import anndata as ad
+
+        params: dict[str, Any] = {}
+        if isinstance(object, ad.AnnData):
+            object, adata = None, object
+        if isinstance(object, str):
+            object, obsp_key = None, object
         if isinstance(object, Kernel):
             adata = adata if adata is not None else object.adata
-            backward = bool(object.backward) if object.backward is not None else backward
+            backward = object.backward
             matrix = object.transition_matrix
+            params = {**object.params, "origin": repr(object)}
         elif object is None:
             if adata is None:
                 raise ValueError("Give a matrix, a kernel, or adata with obsp_key.")
@@ -54,35 +72,42 @@ class PrecomputedKernel(UnidirectionalKernel):
                     f"No transition matrix in adata.obsp[{obsp_key!r}]; available: {list(adata.obsp.keys())}."
                 )
             matrix = adata.obsp[obsp_key]
+            params = {"origin": f"adata.obsp[{obsp_key!r}]"}
         else:
             matrix = object
+            params = {"origin": "array"}
         if not sp.issparse(matrix):
             matrix = np.asarray(matrix, dtype=np.float64)
             if matrix.ndim != 2:
                 raise ValueError(f"Transition matrix must be 2-D, got shape {matrix.shape}.")
+        if matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"Transition matrix must be square, got shape {matrix.shape}.")
         if adata is None:
-            import anndata as ad
-
             adata = ad.AnnData(shape=(matrix.shape[0], 0))
+        elif adata.n_obs != matrix.shape[0]:
+            raise ValueError(f"Transition matrix has shape {matrix.shape} but adata has {adata.n_obs} cells.")
         super().__init__(adata, backward=None)
-        self._direction = bool(backward)
-        self._origin = obsp_key
+        self._direction = None if backward is None else bool(backward)
+        self._obsp_key = obsp_key
+        self._stored_repr: str | None = None
         be = get_backend(backend)
-        self._set_native(be.ensure_native(sp.csr_matrix(matrix, dtype=np.float64)), be, {})
+        host = sp.csr_matrix(matrix, dtype=np.float64)
+        host.sum_duplicates()
+        self._set_native(be.ensure_native(host), be, params)
         info("Using a precomputed transition matrix (%d cells) on backend %r", matrix.shape[0], be.name)
 
     @property
-    def backward(self) -> bool:
+    def backward(self) -> bool | None:
         """Direction of the process the matrix describes."""
         return self._direction
 
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {} if self._direction is None else {"backward": self._direction}
+
     def compute_transition_matrix(self, *args: Any, backend: Any = None, **kwargs: Any) -> PrecomputedKernel:
-        """Nothing to compute; moves T to ``backend`` if one is given."""
+        """Nothing to compute; moves T to ``backend`` if one is given. Returns ``self``."""
         if backend is not None:
-            be = get_backend(backend)
+            be = self._resolve_backend(backend)
             if be is not self._backend:
                 self._set_native(be.from_scipy_csr(self.transition_matrix), be, self._params)
         return self
-
-    def __repr__(self) -> str:
-        return f"{'~' if self._direction else ''}PrecomputedKernel[n={len(self)}]"

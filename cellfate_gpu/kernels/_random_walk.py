@@ -1,4 +1,13 @@
-"""Random walks on a transition matrix: all walks step together, each step costs O(row nnz)."""
+"""Random walks on a transition matrix: all walks step together, each step costs O(row nnz).
+
+Semantics follow CellRank 2.3.3's ``RandomWalk``: start cells are drawn uniformly from
+``start_ixs``; a walk makes at most ``max_iter`` steps and stops early once it has visited
+``stop_ixs`` cells ``successive_hits + 1`` times in a row (the start cell does not count).
+Unlike CellRank, which seeds walk ``s`` with ``seed + s`` and samples a dense row per step,
+all walks share one :class:`numpy.random.Generator` and step together: the next cell of every
+active walk is found by one ``searchsorted`` into the global cumulative sum of ``T.data``.
+So walks are reproducible under a seed but not identical to CellRank's for the same seed.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from cellfate_gpu._logging import progress, timed
+from cellfate_gpu._logging import info, progress, timed
 
 __all__ = ["resolve_cells", "simulate_random_walks", "plot_random_walks"]
 
 
 def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
-    """Integer indices of the cells a CellRank-style selector names.
+    """Sorted unique integer indices of the cells a CellRank-style selector names.
 
-    ``None`` → all cells; ``{"clusters": ["HSC_1"]}`` → cells whose ``obs["clusters"]`` is listed;
-    a sequence of obs names, integer indices, or a boolean mask.
+    Parameters
+    ----------
+    adata
+        Annotated data the selector refers to.
+    selector
+        ``None`` → all cells; ``{"clusters": ["HSC_1"]}`` → cells whose categorical (or string)
+        ``obs["clusters"]`` is listed; ``{"dpt_pseudotime": [0, 0.1]}`` → cells whose numeric obs
+        column lies in the closed range; an obs name or a sequence of obs names; integer indices
+        (negative ones count from the end); a boolean mask of length ``n_obs``.
+    what
+        Name of the argument, for error messages.
+
+    Raises
+    ------
+    KeyError, ValueError, IndexError
+        Unknown obs key or names, bad mask length, out-of-range indices, or an empty selection.
     """
     n = adata.n_obs
     if selector is None:
@@ -26,32 +50,54 @@ def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
             raise ValueError(f"{what} as a dict must have exactly one obs key, got {list(selector)}.")
         ((key, values),) = selector.items()
         if key not in adata.obs:
-            raise KeyError(f"{what}: no column adata.obs[{key!r}].")
-        values = [values] if isinstance(values, str) else list(values)
-        col = adata.obs[key].astype(str)
-        unknown = sorted(set(map(str, values)) - set(col.unique()))
-        if unknown:
-            raise ValueError(f"{what}: values {unknown} not found in adata.obs[{key!r}].")
-        ixs = np.flatnonzero(col.isin(list(map(str, values))).to_numpy())
+            raise KeyError(f"{what}: no column adata.obs[{key!r}]; available: {list(adata.obs.columns)}.")
+        col = adata.obs[key]
+        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+            values = list(np.atleast_1d(values))
+            if len(values) != 2:
+                raise ValueError(f"{what}: adata.obs[{key!r}] is numeric; give a range [min, max], got {values}.")
+            lo, hi = sorted(float(v) for v in values)
+            ixs = np.flatnonzero(((col >= lo) & (col <= hi)).to_numpy())
+        else:
+            values = [values] if isinstance(values, str) else list(values)
+            col = col.astype(str)
+            unknown = sorted(set(map(str, values)) - set(col.unique()))
+            if unknown:
+                raise ValueError(f"{what}: values {unknown} not found in adata.obs[{key!r}].")
+            ixs = np.flatnonzero(col.isin(list(map(str, values))).to_numpy())
     else:
-        arr = np.asarray(selector)
+        arr = np.atleast_1d(np.asarray(selector))
         if arr.dtype == bool:
             if arr.shape != (n,):
                 raise ValueError(f"{what}: boolean mask has shape {arr.shape}, expected ({n},).")
             ixs = np.flatnonzero(arr)
         elif arr.dtype.kind in "iu":
-            if arr.size and (arr.min() < 0 or arr.max() >= n):
-                raise ValueError(f"{what}: indices must be in [0, {n}), got range [{arr.min()}, {arr.max()}].")
-            ixs = arr.astype(np.int64).ravel()
-        else:
+            if arr.size and (arr.min() < -n or arr.max() >= n):
+                raise IndexError(f"{what}: indices must be in [-{n}, {n}), got range [{arr.min()}, {arr.max()}].")
+            ixs = np.unique(np.where(arr < 0, arr + n, arr).astype(np.int64).ravel())
+        elif arr.dtype.kind in "OUS":
             names = adata.obs_names.get_indexer(arr.astype(str).ravel())
             if np.any(names < 0):
                 missing = list(arr.astype(str).ravel()[names < 0][:5])
                 raise ValueError(f"{what}: {int(np.sum(names < 0))} obs names not found, e.g. {missing}.")
-            ixs = names
+            ixs = np.unique(names)
+        else:
+            raise TypeError(
+                f"{what} must be a dict, obs names, integer indices or a boolean mask, got dtype {arr.dtype}."
+            )
     if ixs.size == 0:
         raise ValueError(f"{what} selects no cells.")
     return ixs
+
+
+def _max_iter(max_iter: int | float, n: int) -> int:
+    if isinstance(max_iter, float):
+        if not (np.isfinite(max_iter) and max_iter > 0):
+            raise ValueError(f"max_iter as a float (a fraction of the {n} cells) must be positive, got {max_iter}.")
+        max_iter = int(np.ceil(max_iter * n))
+    if max_iter < 1:
+        raise ValueError(f"Expected max_iter >= 1 steps, got {max_iter}.")
+    return int(max_iter)
 
 
 def simulate_random_walks(
@@ -63,59 +109,74 @@ def simulate_random_walks(
     start_ixs: Any = None,
     stop_ixs: Any = None,
 ) -> list[np.ndarray]:
-    """Simulate ``n_sims`` walks on ``kernel.transition_matrix``.
+    r"""Simulate ``n_sims`` random walks on ``kernel.transition_matrix`` (host CSR).
+
+    From cell :math:`i` the next cell is :math:`j` with probability :math:`T_{ij}`: with
+    :math:`c` the global cumulative sum of ``T.data`` and :math:`u \sim U(0, 1)`, it is the entry
+    found by ``searchsorted`` of :math:`c_{\text{start}(i)} + u \sum_j T_{ij}` — one vectorised step
+    for all active walks, so a step costs :math:`O(\text{walks} \cdot \log \text{nnz})`.
 
     Parameters
     ----------
+    kernel
+        A kernel with a computed transition matrix.
+    n_sims
+        Number of walks.
     max_iter
-        Maximum steps; a float in (0, 1] is a fraction of the number of cells.
+        Maximum number of steps; a float is a fraction of the number of cells (``ceil``).
+    seed
+        Seed of the :class:`numpy.random.Generator`; the same seed gives the same walks.
     successive_hits
-        A walk stops after ``successive_hits + 1`` consecutive visits to ``stop_ixs`` cells.
+        A walk stops after ``successive_hits + 1`` consecutive steps into ``stop_ixs`` cells.
     start_ixs, stop_ixs
         CellRank selectors (see :func:`resolve_cells`); start cells are drawn uniformly.
 
     Returns
     -------
     list of numpy.ndarray
-        The visited cell indices of each walk, start included.
+        The visited cell indices of each walk, start included (length at most ``max_iter + 1``).
     """
     T = kernel.transition_matrix
     n = T.shape[0]
-    if isinstance(max_iter, float):
-        if not 0 < max_iter <= 1:
-            raise ValueError(f"max_iter as a float must be in (0, 1], got {max_iter}.")
-        max_iter = int(np.ceil(max_iter * n))
-    if max_iter < 1 or n_sims < 1 or successive_hits < 0:
-        raise ValueError(
-            f"Need max_iter >= 1, n_sims >= 1, successive_hits >= 0; got {max_iter}, {n_sims}, {successive_hits}."
-        )
+    if n_sims < 1:
+        raise ValueError(f"Expected n_sims >= 1, got {n_sims}.")
+    if successive_hits < 0:
+        raise ValueError(f"Expected successive_hits >= 0, got {successive_hits}.")
+    steps = _max_iter(max_iter, n)
     rng = np.random.default_rng(seed)
     starts = resolve_cells(kernel.adata, start_ixs, what="start_ixs")
     stop_mask = np.zeros(n, dtype=bool)
     if stop_ixs is not None:
         stop_mask[resolve_cells(kernel.adata, stop_ixs, what="stop_ixs")] = True
-    cumulative = np.cumsum(T.data)  # per-row cumulative sums from one global cumsum
-    row_offset = np.r_[0.0, cumulative][T.indptr[:-1]]
+
+    indptr, indices = T.indptr.astype(np.int64), T.indices
+    cumulative = np.cumsum(T.data, dtype=np.float64)  # per-row cumulative sums from one global cumsum
+    before = np.r_[0.0, cumulative][indptr[:-1]]  # cumulative mass before row i
+    row_mass = np.r_[0.0, cumulative][indptr[1:]] - before
+
     current = rng.choice(starts, size=n_sims)
-    paths = [[int(c)] for c in current]
-    hits = np.where(stop_mask[current], 1, 0)
-    active = hits <= successive_hits
-    with timed("Simulating %d random walks of at most %d steps", n_sims, max_iter):
-        for _ in progress(range(max_iter), desc="random walks", unit="step"):
-            idx = np.flatnonzero(active)
-            if idx.size == 0:
-                break
-            c = current[idx]
-            u = row_offset[c] + rng.random(idx.size) * (cumulative[T.indptr[c + 1] - 1] - row_offset[c])
+    hits = np.zeros(n_sims, dtype=np.int64)
+    active = np.arange(n_sims)
+    sim_log, cell_log = [np.arange(n_sims)], [current.copy()]  # (walk, cell) pairs, in step order
+    with timed("Simulating %d random walks of maximum length %d", n_sims, steps):
+        for _ in progress(range(steps), desc="random walks", unit="step"):
+            c = current[active]
+            u = before[c] + rng.random(active.size) * row_mass[c]
             pos = np.searchsorted(cumulative, u, side="right")
-            pos = np.minimum(np.maximum(pos, T.indptr[c]), T.indptr[c + 1] - 1)
-            nxt = T.indices[pos]
-            current[idx] = nxt
-            for i, cell in zip(idx, nxt, strict=True):
-                paths[i].append(int(cell))
-            hits[idx] = np.where(stop_mask[nxt], hits[idx] + 1, 0)
-            active[idx] = hits[idx] <= successive_hits
-    return [np.asarray(p) for p in paths]
+            pos = np.clip(pos, indptr[c], indptr[c + 1] - 1)  # guards rounding at row ends
+            nxt = indices[pos]
+            current[active] = nxt
+            sim_log.append(active)
+            cell_log.append(nxt)
+            hits[active] = np.where(stop_mask[nxt], hits[active] + 1, 0)
+            active = active[hits[active] <= successive_hits]
+            if active.size == 0:
+                break
+    sims, cells = np.concatenate(sim_log), np.concatenate(cell_log)
+    order = np.argsort(sims, kind="stable")  # group by walk, keep step order
+    bounds = np.searchsorted(sims[order], np.arange(n_sims + 1))
+    walk_cells = cells[order]
+    return [walk_cells[bounds[s] : bounds[s + 1]] for s in range(n_sims)]
 
 
 def plot_random_walks(
@@ -127,18 +188,49 @@ def plot_random_walks(
     start_ixs: Any = None,
     stop_ixs: Any = None,
     basis: str = "umap",
-    cmap: str = "gnuplot",
+    cmap: Any = "gnuplot",
     linewidth: float = 1.0,
     linealpha: float = 0.3,
-    ixs_legend_loc: Any = None,
+    ixs_legend_loc: str | None = None,
     figsize: tuple[float, float] | None = None,
     dpi: int | None = None,
     save: str | Path | None = None,
     ax: Any = None,
     **kwargs: Any,
 ):
-    """Draw simulated walks on ``obsm[f"X_{basis}"]``: grey cells, coloured paths, black starts, yellow ends."""
+    """Simulate random walks and draw them on the embedding ``adata.obsm[f"X_{basis}"]``.
+
+    Cells are drawn grey; every walk is a line whose colour runs along ``cmap`` from its start to
+    its end (with the default ``"gnuplot"``: black to yellow); start cells are marked with
+    ``cmap(0)`` (black) and end cells with ``cmap(1)`` (yellow), as CellRank does.
+
+    Parameters
+    ----------
+    kernel, n_sims, max_iter, seed, successive_hits, start_ixs, stop_ixs
+        See :func:`simulate_random_walks`.
+    basis
+        Embedding key (``"umap"`` → ``obsm["X_umap"]``; an exact ``obsm`` key also works).
+    cmap
+        Colormap (name or object) of the walks.
+    linewidth, linealpha
+        Width and alpha of the walk lines.
+    ixs_legend_loc
+        Where to put a start/stop legend (``None``: no legend).
+    figsize, dpi
+        Size of a new figure.
+    save
+        Path to save the figure to.
+    ax
+        Existing axes to draw into.
+    kwargs
+        ``size`` (point size of the cells) and ``color`` (cell colour, default light grey).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
 
     key = basis if basis in kernel.adata.obsm else f"X_{basis}"
     if key not in kernel.adata.obsm:
@@ -153,24 +245,32 @@ def plot_random_walks(
         start_ixs=start_ixs,
         stop_ixs=stop_ixs,
     )
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=figsize, dpi=dpi)
-    ax.scatter(emb[:, 0], emb[:, 1], s=kwargs.pop("size", 3), c="#d3d3d3", linewidths=0, rasterized=True)
-    colors = plt.get_cmap(cmap)(np.linspace(0, 1, len(walks)))
-    for walk, color in zip(walks, colors, strict=True):
-        ax.plot(emb[walk, 0], emb[walk, 1], color=color, lw=linewidth, alpha=linealpha)
-    ax.scatter(emb[[w[0] for w in walks], 0], emb[[w[0] for w in walks], 1], c="black", s=20, label="start", zorder=3)
-    ax.scatter(
-        emb[[w[-1] for w in walks], 0],
-        emb[[w[-1] for w in walks], 1],
-        c="yellow",
-        edgecolors="black",
-        s=20,
-        label="end",
-        zorder=3,
-    )
-    if ixs_legend_loc is not None:
+    cm = plt.get_cmap(cmap) if isinstance(cmap, str) else cmap
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    else:
+        fig = ax.figure
+    size = kwargs.pop("size", max(120000 / max(len(emb), 1), 0.5) if len(emb) < 120000 else 0.5)
+    ax.scatter(emb[:, 0], emb[:, 1], s=size, c=kwargs.pop("color", "#d3d3d3"), linewidths=0, rasterized=True, zorder=1)
+    info("Plotting random walks")
+    for walk in walks:
+        if walk.size < 2:
+            continue
+        points = emb[walk]
+        segments = np.stack([points[:-1], points[1:]], axis=1)
+        colors = cm(np.arange(len(segments)) / len(segments))
+        ax.add_collection(LineCollection(segments, linewidths=linewidth, colors=colors, alpha=linealpha, zorder=2))
+    mark = max(float(size) * 4, 10.0)
+    firsts = np.array([w[0] for w in walks])
+    lasts = np.array([w[-1] for w in walks])
+    ax.scatter(*emb[firsts].T, color=cm(0.0), edgecolors="black", s=mark, zorder=4, label="start")
+    ax.scatter(*emb[lasts].T, color=cm(1.0), edgecolors="black", s=mark, zorder=4, label="stop")
+    if ixs_legend_loc not in (None, "none"):
         ax.legend(loc=ixs_legend_loc)
-    ax.set_axis_off()
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(f"{basis.upper()}1" if basis != key else f"{key}1")
+    ax.set_ylabel(f"{basis.upper()}2" if basis != key else f"{key}2")
     ax.set_title(f"{len(walks)} random walks")
     if save is not None:
         fig.savefig(save, bbox_inches="tight")
