@@ -31,9 +31,15 @@ fi
 export PETSC_CONFIGURE_OPTIONS="${PETSC_CONFIGURE_OPTIONS:---with-fc=0 --with-cuda=0 --with-x=0 --with-debugging=0 --with-scalar-type=real --with-64-bit-indices=0 COPTFLAGS=-O2 CXXOPTFLAGS=-O2}"
 export MAKEFLAGS="-j$(nproc)"
 start=$(date +%s)
+# pip keys its wheel cache by interpreter version, but the petsc and slepc wheels hold only the C
+# libraries (tag py3-none): a wheel built for another Python is reused as is instead of rebuilt.
+WHEEL_CACHE="$("$PY" -m pip cache dir 2>/dev/null || echo "$HOME/.cache/pip")/wheels"
 for pkg in petsc slepc petsc4py slepc4py; do
     echo "[install_petsc] $pkg==$PETSC_VERSION ($(( $(date +%s) - start ))s so far)"
-    "$PY" -m pip install --no-build-isolation -v "$pkg==$PETSC_VERSION" > "/tmp/install_${pkg}.log" 2>&1 \
+    target="$pkg==$PETSC_VERSION"
+    cached=$(find "$WHEEL_CACHE" -name "$pkg-$PETSC_VERSION-py3-none-*.whl" 2>/dev/null | head -n 1 || true)
+    [ -n "$cached" ] && { echo "[install_petsc]   using the cached $cached"; target=$cached; }
+    "$PY" -m pip install --no-build-isolation -v "$target" > "/tmp/install_${pkg}.log" 2>&1 \
         || { tail -n 60 "/tmp/install_${pkg}.log"; exit 1; }
 done
 "$PY" -c "import petsc4py, slepc4py; from petsc4py import PETSc; from slepc4py import SLEPc; print('PETSc', PETSc.Sys.getVersion(), 'SLEPc', SLEPc.Sys.getVersion())"

@@ -26,6 +26,8 @@ import scipy.linalg as sla
 import scipy.optimize as sopt
 import scipy.sparse as sp
 
+from cellfate_gpu._logging import warning
+
 __all__ = [
     "eigengap",
     "eta_orthonormalize",
@@ -308,6 +310,32 @@ def _lbfgs(x: np.ndarray, X: np.ndarray, tau: float, maxiter: int) -> np.ndarray
     return res.x
 
 
+#: Above this many cells the rotation is optimised over an active set of rows (see optimize_lbfgs).
+ACTIVE_SET_MIN_ROWS = 20_000
+
+
+def _top_rows(V: np.ndarray, r: int) -> np.ndarray:
+    """Row indices of the ``r`` largest entries of every column of ``V``."""
+    r = min(r, V.shape[0])
+    return np.unique(np.argpartition(-V, r - 1, axis=0)[:r].ravel())
+
+
+def _candidate_rows(X: np.ndarray, A0: np.ndarray, seed: int, n_directions: int = 256, r: int = 8) -> np.ndarray:
+    r"""Rows likely to attain :math:`\max_l (-X_{l,1:} B_{:,j})` at the optimum.
+
+    The inner-simplex vertices and the ``r`` most extreme rows of ``X`` along the initial rotation's
+    columns and along ``n_directions`` random directions.
+    """
+    rng = np.random.default_rng(seed)
+    k = X.shape[1] - 1
+    D = np.c_[-A0[1:, :], rng.standard_normal((k, n_directions))]
+    rows = [indexsearch(X)]
+    step = 1 << 16  # chunks keep the n x directions block small
+    for lo in range(0, X.shape[0], step):
+        rows.append(lo + _top_rows(X[lo : lo + step, 1:] @ D, r))
+    return np.unique(np.concatenate(rows))
+
+
 def optimize_lbfgs(
     X: np.ndarray,
     *,
@@ -315,6 +343,62 @@ def optimize_lbfgs(
     seed: int = 0,
     maxiter: int = 100,
     taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2),
+    active_set_min_rows: int = ACTIVE_SET_MIN_ROWS,
+    max_rounds: int = 20,
+) -> tuple[np.ndarray, float]:
+    r"""Maximise crispness with L-BFGS-B; on large ``X`` over an active set of rows, exactly.
+
+    The objective touches the rows of :math:`X` only through the column maxima
+    :math:`a_j = \max_l(-X_{l,1:} B_{:,j})`, attained at a handful of extreme rows. For
+    ``n > active_set_min_rows`` we optimise over a candidate set :math:`S` of rows
+    (:func:`_candidate_rows`), then evaluate the maxima over *all* rows; rows outside :math:`S`
+    that attain (or come within the top 32 of) a maximum join :math:`S` and the optimisation
+    resumes from the current point, until no row outside :math:`S` attains a maximum. At that
+    point the objective over :math:`S` equals the objective over all rows (near it, too), so the
+    point is a local optimum of the full problem, found at :math:`O(|S|\,m^2)` instead of
+    :math:`O(n\,m^2)` per evaluation. The multi-start may settle in another local optimum than a run
+    over all rows (10k cells, 10 states: crispness 0.654 in 4.8 s vs 0.660 in 10.5 s), hence the
+    threshold. The returned rotation is filled with all rows, so
+    the memberships :math:`X A` are non-negative for every cell.
+
+    See :func:`_optimize_lbfgs_rows` for the optimisation itself.
+
+    Returns
+    -------
+    A, crispness
+        Feasible ``m x m`` rotation matrix and its crispness.
+    """
+    n = X.shape[0]
+    kw = dict(n_restarts=n_restarts, seed=seed, maxiter=maxiter, taus=taus)
+    if n <= active_set_min_rows:
+        return _optimize_lbfgs_rows(X, **kw)
+    S = _candidate_rows(X, initial_rotation(X), seed)
+    start = None
+    for _ in range(max_rounds):
+        A_S, _ = _optimize_lbfgs_rows(X[S], start=start, **kw)
+        start = A_S[1:, 1:].ravel()  # fill_rotation is scale invariant: this alpha gives A_S again
+        A = fill_rotation(start, X)
+        vals = -(X[:, 1:] @ A[1:, :])
+        attained = np.unique(np.argmax(vals, axis=0))
+        if np.all(np.isin(attained, S)) and np.all(A[0, :] > 0):
+            break
+        S = np.union1d(S, _top_rows(vals, 32))
+        kw["n_restarts"] = 0  # later rounds continue from the current point
+    else:
+        warning("G-PCCA active-set optimisation did not settle in %d rounds; using the last rotation.", max_rounds)
+    if not np.all(A[0, :] > 0):
+        raise ValueError("G-PCCA optimisation found no feasible rotation matrix; try another number of states.")
+    return A, crispness(A)
+
+
+def _optimize_lbfgs_rows(
+    X: np.ndarray,
+    *,
+    n_restarts: int = 6,
+    seed: int = 0,
+    maxiter: int = 100,
+    taus: tuple[float, ...] = (1e-1, 3e-2, 1e-2),
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     r"""Maximise crispness with L-BFGS-B and an analytic gradient, from the inner-simplex start plus restarts.
 
@@ -334,6 +418,8 @@ def optimize_lbfgs(
     rng = np.random.default_rng(seed)
     noise = 0.05 * (np.abs(alpha0).mean() + 1e-12)
     starts = [alpha0] + [alpha0 + noise * rng.standard_normal(alpha0.size) for _ in range(n_restarts)]
+    if start is not None:
+        starts.append(start)
     cands = [alpha0]
     for start in starts:
         cands.append(_lbfgs(start, X, 0.0, maxiter))

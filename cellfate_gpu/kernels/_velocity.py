@@ -253,7 +253,9 @@ def _extract(adata, attr: str, key: str | None, mask: np.ndarray | None) -> np.n
     data = data.toarray() if sp.issparse(data) else np.asarray(data)
     if data.ndim != 2 or data.shape[0] != adata.n_obs:
         raise ValueError(f"{where} has shape {data.shape}, expected ({adata.n_obs}, n_features).")
-    return np.asarray(data, dtype=np.float64)
+    # C order: the edge loop gathers whole rows; gathering rows of a column-major array (what a
+    # boolean gene mask on a C-ordered layer gives) is ~50x slower at 2000 genes.
+    return np.ascontiguousarray(data, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- the kernel
