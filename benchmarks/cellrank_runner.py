@@ -23,12 +23,13 @@ Steps (the same names as ours): ``kernel_pseudotime`` (hard scheme, ``frac_to_ke
 Caveats recorded in the output JSON (``notes``):
 
 - ``use_petsc=False``: CellRank 2.3.3's PETSc path fails with petsc4py 3.26 (``Mat.getVecs`` is
-  gone), so petsc4py is not installed in this environment; fate probabilities and absorption times
-  use SciPy's GMRES, one right-hand side after another.
-- Without slepc4py CellRank's ``compute_schur`` falls back to ``method="brandts"``, which densifies
-  T (``8 n^2`` bytes: 80 GB at 100k cells). Above ``--max-dense-schur`` cells the Schur, macrostate
-  and terminal-state steps are skipped (recorded as such) and fate probabilities use the terminal
-  states given with ``--terminal``.
+  gone), so fate probabilities and absorption times use SciPy's GMRES, one right-hand side after
+  another (petsc4py is installed here for SLEPc, but its linear-solve path is not used).
+- With slepc4py (``benchmarks/setup_cellrank_env.sh`` builds it) ``compute_schur`` runs SLEPc's
+  Krylov-Schur (``method="krylov"``). Without it CellRank falls back to ``method="brandts"``, which
+  densifies T (``8 n^2`` bytes: 80 GB at 100k cells); then, above ``--max-dense-schur`` cells, the
+  Schur, macrostate and terminal-state steps are skipped (recorded as such) and fate probabilities
+  use the terminal states given with ``--terminal``.
 - The numba-compiled kernels are warmed up on a 300-cell subset first (``warmup_jit``, not part of
   any step), so compile time is not charged to a step.
 - ``--terminal`` (JSON ``{lineage: [obs names]}``) sets OUR terminal states before fate
@@ -174,9 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     T = sp.csr_matrix(combined.transition_matrix)
     g = cr.estimators.GPCCA(combined)
     ev = None
-    if n <= args.max_dense_schur:
-        notes.append("compute_schur: no slepc4py, so CellRank uses method='brandts' on the densified T")
-        if record("schur_20", lambda: g.compute_schur(n_components=20)) is not None:
+    try:
+        import slepc4py  # noqa: F401
+
+        has_slepc = True
+    except ImportError:
+        has_slepc = False
+    if has_slepc or n <= args.max_dense_schur:
+        if has_slepc:
+            notes.append("compute_schur: method='krylov' (SLEPc Krylov-Schur via slepc4py)")
+        else:
+            notes.append("compute_schur: no slepc4py, so CellRank uses method='brandts' on the densified T")
+        schur_kw = {"method": "krylov"} if has_slepc else {}
+        if record("schur_20", lambda: g.compute_schur(n_components=20, **schur_kw)) is not None:
             ev = np.asarray(g.eigendecomposition["D"]) if g.eigendecomposition is not None else None
         record("macrostates_10", lambda: g.fit(n_states=10, cluster_key="clusters"))
         record("terminal_top6", lambda: g.predict_terminal_states(method="top_n", n_states=6))
