@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(
             {"step": name, "seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "status": "ok"}
         )
-        return value
+        return True if value is None else value  # CellRank's compute_* return None on success
 
     def skip(name, why):
         if name in wanted:
@@ -254,4 +255,9 @@ def _write(out, n, steps, notes, T, ev, fate, term, version) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # With petsc4py/slepc4py imported (CellRank does so for SLEPc), interpreter shutdown can block
+    # on a helper process that MPICH's singleton start-up forked; the results are written by now.
+    os._exit(code)

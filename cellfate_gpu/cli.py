@@ -191,8 +191,14 @@ def _cmd_run(args) -> int:
 def _cmd_bench(args) -> int:
     from cellfate_gpu.benchmarking import run_benchmarks, write_report
 
+    sizes = list(args.sizes) + ([1_000_000] if args.huge and 1_000_000 not in args.sizes else [])
     df = run_benchmarks(
-        sizes=tuple(args.sizes), backends=tuple(args.backends), with_cellrank=args.with_cellrank, out_dir=args.out
+        sizes=tuple(sizes),
+        backends=tuple(args.backends),
+        with_cellrank=args.with_cellrank,
+        out_dir=args.out,
+        steps=args.steps,
+        n_genes=args.n_genes,
     )
     write_report(df, args.out)
     return 0
@@ -241,6 +247,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backends", nargs="+", default=["scipy"])
     b.add_argument("--with-cellrank", action="store_true")
     b.add_argument("--out", default="bench_out")
+    b.add_argument("--huge", action="store_true", help="add the 1M-cell atlas (about 10 GB of RAM with --n-genes 200)")
+    b.add_argument("--n-genes", type=int, default=2000, help="genes of the generated atlas (drivers use all)")
+    b.add_argument("--steps", nargs="+", default=None, help="subset of the pipeline steps (prerequisites run too)")
     b.set_defaults(func=_cmd_bench)
 
     i = sub.add_parser("info", help="versions and backend availability")
