@@ -45,8 +45,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -66,6 +68,14 @@ ALL_STEPS = (
 )
 
 
+class StepTimeout(BaseException):
+    """A step ran past ``--step-timeout`` (a BaseException, so that library code catching Exception lets it through)."""
+
+
+def _on_alarm(signum, frame):
+    raise StepTimeout
+
+
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -80,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-dense-schur", type=int, default=12_000, help="largest n for the dense 'brandts' Schur")
     p.add_argument("--n-jobs", type=int, default=None, help="CellRank's n_jobs for the velocity kernel")
     p.add_argument("--tol", type=float, default=1e-8, help="GMRES tolerance of fate probabilities/absorption times")
+    p.add_argument(
+        "--step-timeout",
+        type=float,
+        default=1800.0,
+        help="seconds after which a step is abandoned and recorded as a timeout (0: no limit)",
+    )
     args = p.parse_args(argv)
 
     warnings.filterwarnings("ignore")
@@ -104,8 +120,23 @@ def main(argv: list[str] | None = None) -> int:
         if name not in wanted:
             return None
         t0 = time.perf_counter()
+        # SIGALRM interrupts CellRank's Python-level solver loops, so that one runaway step (GMRES
+        # crawling on a nearly singular system) costs a bounded time and the later steps still run.
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(math.ceil(args.step_timeout) if args.step_timeout > 0 else 0)
         try:
             value = fn()
+        except StepTimeout:
+            traceback.print_exc()  # where the step was: the log tells which solver was crawling
+            steps.append(
+                {
+                    "step": name,
+                    "seconds": time.perf_counter() - t0,  # a lower bound of the step's time
+                    "peak_rss_mib": _peak_rss_mib(),
+                    "status": f"timeout: abandoned after {args.step_timeout:g} s",
+                }
+            )
+            return None
         except Exception as e:  # record and continue: later steps may still run
             steps.append(
                 {
@@ -117,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             traceback.print_exc()
             return None
+        finally:
+            signal.alarm(0)
         steps.append(
             {"step": name, "seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "status": "ok"}
         )
@@ -132,14 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     lo = min(n // 10, max(n - 300, 0))  # a contiguous block of the (pseudotime-sorted) atlas keeps its kNN edges
     small = adata[lo : lo + min(300, n)].copy()
-    warmups = [lambda: cr.kernels.PseudotimeKernel(small, time_key="pseudotime").compute_transition_matrix(
-        threshold_scheme="hard", frac_to_keep=0.3, show_progress_bar=False
-    )]
+    warmups = [
+        lambda: cr.kernels.PseudotimeKernel(small, time_key="pseudotime").compute_transition_matrix(
+            threshold_scheme="hard", frac_to_keep=0.3, show_progress_bar=False
+        )
+    ]
     if "kernel_velocity" in wanted:
         # the same call as the step: loky keeps its worker processes, so their numba code stays compiled
-        warmups.append(lambda: cr.kernels.VelocityKernel(small).compute_transition_matrix(
-            model="deterministic", similarity="correlation", show_progress_bar=False, **job_kw
-        ))
+        warmups.append(
+            lambda: cr.kernels.VelocityKernel(small).compute_transition_matrix(
+                model="deterministic", similarity="correlation", show_progress_bar=False, **job_kw
+            )
+        )
     for fn in warmups:
         try:
             fn()

@@ -35,7 +35,8 @@ def _initial() -> _Config:
 
 # _Config is frozen, so sharing the default instance is safe.
 _config: contextvars.ContextVar[_Config] = contextvars.ContextVar(
-    "cellfate_gpu_config", default=_initial()  # noqa: B039
+    "cellfate_gpu_config",
+    default=_initial(),  # noqa: B039
 )
 
 
