@@ -1,8 +1,9 @@
 """PETSc/SLEPc vs the generic Krylov code on a kNN chain (pytest-benchmark).
 
 Run: ``pytest benchmarks/bench_petsc.py --benchmark-only`` (10k cells) or with
-``CELLFATE_BENCH_LARGE=1`` (100k cells).  Under MPI:
-``mpiexec -n 4 python -m pytest benchmarks/bench_petsc.py --benchmark-only -k petsc``.
+``CELLFATE_BENCH_LARGE=1`` (100k cells) or ``CELLFATE_BENCH_PETSC_N=1000000`` (any size).  Under MPI
+(the generic SciPy benchmarks would only repeat themselves on every rank, so select the PETSc ones):
+``mpiexec -n 2 python -m pytest benchmarks/bench_petsc.py --benchmark-only -k "slepc or ksp"``.
 Each benchmark stores matvecs, iterations and the status in ``extra_info``; no timing asserts.
 """
 
@@ -18,7 +19,9 @@ pytest.importorskip("pytest_benchmark", reason="pytest-benchmark not installed (
 
 from cellfate_gpu.backends._petsc import PetscBackend
 
-N_CELLS = 100_000 if os.environ.get("CELLFATE_BENCH_LARGE") == "1" else 10_000
+N_CELLS = int(
+    os.environ.get("CELLFATE_BENCH_PETSC_N", 100_000 if os.environ.get("CELLFATE_BENCH_LARGE") == "1" else 10_000)
+)
 K_SCHUR = 10
 N_RHS = 8
 

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--step-timeout",
         type=float,
-        default=1800.0,
+        default=900.0,
         help="seconds after which a step is abandoned and recorded as a timeout (0: no limit)",
     )
     args = p.parse_args(argv)
