@@ -107,3 +107,38 @@ def test_gpu_projection_formula():
     N, m = 10_000, 100
     expected = (m * (12 * 30 * N + 20 * N) + m * 4 * 30.5 * N * 8) / 1e12
     assert row["X s"] == pytest.approx(expected)
+
+
+FAKE_CELLRANK = r'''#!/usr/bin/env python3
+"""Stands in for the CellRank interpreter: ignores the runner, writes what the runner would."""
+import json, sys
+import numpy as np
+args = sys.argv[1:]
+out = args[args.index("--out") + 1]
+steps = args[args.index("--steps") + 1].split(",")
+rows = [{"step": s, "seconds": 2.0, "peak_rss_mib": 100.0, "status": "ok"} for s in steps]
+for r in rows:
+    if r["step"] == "absorption_times":
+        r.update(seconds=7.0, status="timeout: abandoned after 7 s")
+np.savez(out + ".npz")
+json.dump({"tool": "cellrank-fake", "steps": rows, "arrays": out + ".npz", "notes": ["fake"]}, open(out + ".json", "w"))
+'''
+
+
+def test_cellrank_timeout_makes_end_to_end_a_lower_bound(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_CELLRANK)
+    fake.chmod(0o755)
+    monkeypatch.setenv("CELLRANK_PYTHON", str(fake))
+    steps = ("kernel_pseudotime", "kernel_connectivity", "kernel_combination", "fate_probabilities",
+             "absorption_times")  # fmt: skip
+    df = bm.run_benchmarks(
+        sizes=(400,), backends=("scipy",), with_cellrank=True, out_dir=tmp_path, steps=steps,
+        n_genes=20, triad_gbps=10.0, atlas_dir=tmp_path / "atlas",
+    )  # fmt: skip
+    cr = df[df["tool"] == "cellrank-fake"].set_index("step")
+    assert cr.loc["absorption_times", "status"].startswith("timeout")
+    # the abandoned step's 7 s count, so the end-to-end time is a lower bound of CellRank's
+    n_ran = len(cr) - 1
+    assert cr.loc["end_to_end", "seconds"] == pytest.approx(2.0 * (n_ran - 1) + 7.0)
+    assert cr.loc["end_to_end", "status"] == "lower bound: absorption_times timed out"
