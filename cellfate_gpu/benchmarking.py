@@ -26,7 +26,7 @@ moves at least
 spent inside the SpMMs only, ``bw_pct_step`` the whole step (orthogonalisation and host work
 included). Orthogonalisation traffic (for the GPU projection) is modelled as classical Gram-Schmidt
 with one re-orthogonalisation: :math:`4 j n \cdot 8` bytes for the :math:`j`-th basis vector,
-with :math:`j` averaging :math:`(k + n_{cv})/2` in Krylov-Schur (:math:`n_{cv} = 2k + 1`) and
+with :math:`j` averaging :math:`(k + n_{cv})/2` in Krylov-Schur (:math:`n_{cv} = \max(2k, k + 15)`) and
 half the restart length (30) in GMRES.
 """
 
@@ -669,7 +669,8 @@ def gpu_projection(
         t = \frac{m \, (12 z_N + 4 N + 16 N) + m \cdot 4 \bar{j} N \cdot 8}{\mathrm{BW}},
         \qquad z_N = N z/n,
 
-    with :math:`\bar{j} = (k + 2k + 1)/2` basis vectors per orthogonalisation in Krylov-Schur and
+    with :math:`\bar{j} = (k + n_{cv})/2`, :math:`n_{cv} = \max(2k, k + 15)`, basis vectors per
+    orthogonalisation in Krylov-Schur and
     :math:`\bar{j} = \text{restart}/2` in GMRES. A lower bound: launch latency, host round trips
     of the projected problems and the kernels' construction are not included.
     """
@@ -686,7 +687,7 @@ def gpu_projection(
             if r["step"] not in SPMV_BOUND:
                 continue
             m = float(r["matvecs"])
-            jbar = (k + 2 * k + 1) / 2 if r["step"] == "schur_20" else restart / 2
+            jbar = (k + max(2 * k, k + 15)) / 2 if r["step"] == "schur_20" else restart / 2
             spmv = m * (12 * nnz_per_row * N + 4 * N + 16 * N)
             orth = m * 4 * jbar * N * 8
             rec = {"n_cells": N, "step": r["step"], "matvecs": int(m), "GB_spmv": spmv / 1e9, "GB_orth": orth / 1e9}

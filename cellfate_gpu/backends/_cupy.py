@@ -35,6 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellfate_gpu.backends._base import Backend
+from cellfate_gpu.linalg.krylov_schur import default_ncv
 
 __all__ = ["CupyBackend", "DeviceMemoryError"]
 
@@ -247,7 +248,7 @@ class CupyBackend(Backend):
     def partial_schur(self, A, k, *, which="LR", tol=1e-10, maxiter=None, ncv=None):
         """Generic Krylov-Schur on the device; checks the basis fits in free GPU memory first."""
         n = int(A.shape[0])
-        m = min(n, ncv if ncv is not None else max(2 * k + 1, 20))
+        m = min(n, ncv) if ncv is not None else default_ncv(k, n)
         # basis (m + 1) n, the rotated basis V Z of the restart, and work vectors, float64
         need = 8 * n * (2 * (m + 1) + 4)
         self.check_device_memory(need, f"Krylov-Schur basis ({m + 1} x {n})")

@@ -53,6 +53,7 @@ from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends._base import Backend
 from cellfate_gpu.backends._results import SchurResult, SolveResult, Status
 from cellfate_gpu.backends._scipy import ScipyBackend
+from cellfate_gpu.linalg.krylov_schur import default_ncv
 
 __all__ = ["PetscBackend", "PetscBuildError"]
 
@@ -523,7 +524,7 @@ class PetscBackend(Backend):
         maxiter
             Maximum Krylov-Schur restarts (SLEPc's ``max_it``; default SLEPc's choice).
         ncv
-            Krylov subspace size (default :math:`\max(2k + 1, 20)`, capped at ``n``).
+            Krylov subspace size (default :math:`\max(2k, k + 15)`, SLEPc's own, capped at ``n``).
 
         Returns
         -------
@@ -542,7 +543,7 @@ class PetscBackend(Backend):
         if not 1 <= k < n:
             M.destroy()
             raise ValueError(f"k must satisfy 1 <= k < n={n}, got {k}.")
-        ncv_now = min(n, ncv if ncv is not None else max(2 * k + 1, 20))
+        ncv_now = min(n, ncv) if ncv is not None else default_ncv(k, n)
         nev = k
         slepc_tol = _SLEPC_TOL_MARGIN * tol
         try:

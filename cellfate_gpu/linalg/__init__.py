@@ -92,7 +92,7 @@ def partial_schur(
     maxiter
         Maximum number of restarts (default: backend's choice, about ``max(100, n / ncv)``).
     ncv
-        Krylov subspace size (default ``max(2k + 1, 20)``, capped at ``n``).
+        Krylov subspace size (default ``max(2k, k + 15)`` as in SLEPc, capped at ``n``).
     backend
         Backend name or instance; default: where ``A`` lives, else ``settings.backend``.
     throw

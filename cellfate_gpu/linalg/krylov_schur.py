@@ -18,7 +18,18 @@ from scipy.linalg import lapack
 
 from cellfate_gpu.backends._results import SchurResult, Status
 
-__all__ = ["krylov_schur", "order_schur", "sort_key"]
+__all__ = ["default_ncv", "krylov_schur", "order_schur", "sort_key"]
+
+
+def default_ncv(k: int, n: int) -> int:
+    """Default Krylov subspace size for ``k`` wanted eigenvalues: SLEPc's ``max(2k, k + 15)``, capped at ``n``.
+
+    The 15 spare vectors matter for small ``k`` with clustered spectra: with ARPACK's ``2k + 1``
+    a random 800x800 stochastic matrix (``which='LM'``, ``k=10``, moduli ratio 0.996 at the cut)
+    stalled for 380 restarts; with ``k + 15`` it converges, and in fewer matvecs on the test
+    matrices (tests/test_linalg_generic.py).
+    """
+    return min(n, max(2 * k, k + 15))
 
 
 def sort_key(which: str):
@@ -187,7 +198,7 @@ def krylov_schur(
     start_time = time.perf_counter()
     xp = backend.xp
     n = int(A.shape[0])
-    m = min(n, ncv if ncv is not None else max(2 * k + 1, 20))
+    m = min(n, ncv) if ncv is not None else default_ncv(k, n)
     m = max(m, min(n, k + 2))
     maxiter = maxiter if maxiter is not None else max(100, 10 * n // max(m, 1))
     mutable = getattr(backend, "mutable_arrays", True)
