@@ -170,3 +170,21 @@ def test_bad_input():
         partial_schur(A, 2, backend="nope")
     with pytest.raises(ValueError, match="B contains non-finite"):
         solve(sp.csr_matrix(sp.eye(100)) - 0.5 * A, np.full(100, np.nan), method="gmres", backend="scipy")
+
+
+def test_direct_solve_reuses_the_factorisation_of_the_same_matrix():
+    from cellfate_gpu.backends import _scipy
+
+    rng = np.random.default_rng(0)
+    A = sp.csr_matrix(sp.random(300, 300, density=0.05, random_state=rng) + sp.identity(300) * 5.0)
+    B = rng.standard_normal((300, 3))
+    first = solve(A, B, method="direct", backend="scipy")
+    lu = _scipy._LAST_LU[1]
+    second = solve(A.copy(), 2.0 * B, method="direct", backend="scipy")  # an equal copy: same factors
+    assert _scipy._LAST_LU[1] is lu
+    np.testing.assert_allclose(second.X, 2.0 * first.X, rtol=1e-12, atol=1e-12)
+    A2 = A.copy()
+    A2.data[0] += 1.0  # a different matrix must be factorised again
+    third = solve(A2, B, method="direct", backend="scipy")
+    assert _scipy._LAST_LU[1] is not lu
+    np.testing.assert_allclose(third.X, np.linalg.solve(A2.toarray(), B), rtol=1e-9, atol=1e-12)

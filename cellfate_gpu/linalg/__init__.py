@@ -19,8 +19,10 @@ __all__ = ["partial_eig", "partial_schur", "solve", "SolveError", "SchurError"]
 
 _WHICH = ("LR", "LM", "SR", "SM", "LI", "SI")
 _METHODS = ("auto", "gmres", "direct", "bcgs")
-#: Largest system that ``method="auto"`` factorises directly on the scipy backend.
-DIRECT_SOLVE_MAX_N = 20_000
+#: Largest system that ``method="auto"`` factorises directly on the scipy backend. Measured here: the
+#: 100k-cell atlas' ``I - Q`` (1.85M stored entries) factorises in 9.4 s into 69M entries of L + U
+#: (about 0.8 GB); fill grows faster than n, so larger systems go to GMRES.
+DIRECT_SOLVE_MAX_N = 200_000
 
 
 class SolveError(RuntimeError):
