@@ -1,8 +1,9 @@
 """PETSc/SLEPc vs the generic Krylov code on a kNN chain (pytest-benchmark).
 
-Run: ``pytest benchmarks/bench_petsc.py --benchmark-only`` (10k cells) or with
-``CELLFATE_BENCH_LARGE=1`` (100k cells) or ``CELLFATE_BENCH_PETSC_N=1000000`` (any size).  Under MPI
-(the generic SciPy benchmarks would only repeat themselves on every rank, so select the PETSc ones):
+Run: ``pytest benchmarks/bench_petsc.py --benchmark-only`` (10k cells), with ``CELLFATE_BENCH_LARGE=1``
+(100k cells) or ``CELLFATE_BENCH_PETSC_N=1000000`` (any size); ``CELLFATE_BENCH_ROUNDS`` sets the
+rounds (default 3). Under MPI, select the PETSc benchmarks (the SciPy ones would only repeat
+themselves on every rank):
 ``mpiexec -n 2 python -m pytest benchmarks/bench_petsc.py --benchmark-only -k "slepc or ksp"``.
 Each benchmark stores matvecs, iterations and the status in ``extra_info``; no timing asserts.
 """
@@ -23,6 +24,7 @@ N_CELLS = int(
     os.environ.get("CELLFATE_BENCH_PETSC_N", 100_000 if os.environ.get("CELLFATE_BENCH_LARGE") == "1" else 10_000)
 )
 K_SCHUR = 10
+ROUNDS = int(os.environ.get("CELLFATE_BENCH_ROUNDS", 3))
 N_RHS = 8
 
 needs_petsc = pytest.mark.skipif(
@@ -77,7 +79,9 @@ def _record(benchmark, result) -> None:
 @needs_petsc
 def test_schur_slepc(benchmark, chain):
     be = PetscBackend()
-    result = benchmark.pedantic(lambda: be.partial_schur(chain, K_SCHUR, which="LR", tol=1e-8), rounds=3, iterations=1)
+    result = benchmark.pedantic(
+        lambda: be.partial_schur(chain, K_SCHUR, which="LR", tol=1e-8), rounds=ROUNDS, iterations=1
+    )
     _record(benchmark, result)
 
 
@@ -86,7 +90,9 @@ def test_schur_generic_krylov_schur(benchmark, chain):
     from cellfate_gpu.backends import get_backend
 
     be = get_backend("scipy")
-    result = benchmark.pedantic(lambda: be.partial_schur(chain, K_SCHUR, which="LR", tol=1e-8), rounds=3, iterations=1)
+    result = benchmark.pedantic(
+        lambda: be.partial_schur(chain, K_SCHUR, which="LR", tol=1e-8), rounds=ROUNDS, iterations=1
+    )
     _record(benchmark, result)
 
 
@@ -96,7 +102,7 @@ def test_solve_ksp_gmres(benchmark, system, preconditioner):
     A, B = system
     be = PetscBackend()
     result = benchmark.pedantic(
-        lambda: be.solve(A, B, method="gmres", tol=1e-8, preconditioner=preconditioner), rounds=3, iterations=1
+        lambda: be.solve(A, B, method="gmres", tol=1e-8, preconditioner=preconditioner), rounds=ROUNDS, iterations=1
     )
     _record(benchmark, result)
 
@@ -108,6 +114,6 @@ def test_solve_block_gmres(benchmark, system):
     A, B = system
     be = get_backend("scipy")
     result = benchmark.pedantic(
-        lambda: be.solve(A, B, method="gmres", tol=1e-8, preconditioner="jacobi"), rounds=3, iterations=1
+        lambda: be.solve(A, B, method="gmres", tol=1e-8, preconditioner="jacobi"), rounds=ROUNDS, iterations=1
     )
     _record(benchmark, result)
