@@ -458,7 +458,8 @@ def _run_cellrank(h5ad: Path, terminal: dict | None, out: Path, steps: Sequence[
     with open(str(prefix) + ".log", "w") as log:
         # its own session, so that helpers it leaves behind (a forked child outlives the runner's
         # os._exit) are reaped with it instead of piling up, one per run, at 0.6 GB each
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     result = Path(str(prefix) + ".json")
