@@ -58,6 +58,7 @@ __all__ = [
     "run_benchmarks",
     "run_pipeline",
     "write_report",
+    "read_results",
     "stream_triad_bandwidth",
     "spmv_bytes",
     "atlas_h5ad",
@@ -662,6 +663,28 @@ def _write_json(df: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+def read_results(*paths: str | os.PathLike) -> pd.DataFrame:
+    """Rows of one or more ``results.json`` (files or the folders holding them), stacked in order.
+
+    ``attrs['meta']`` is the first file's (machine, triad bandwidth, time), with ``sources`` listing
+    every file, so that :func:`write_report` can put runs made one after another (say 10k/100k
+    with CellRank, then 1M alone) in one report; each target still compares rows of one run.
+    """
+    frames, meta = [], {}
+    for p in paths:
+        path = Path(p)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"No benchmark results at {path} (run `cellfate-gpu bench --out DIR` first).")
+        data = json.loads(path.read_text())
+        frames.append(pd.DataFrame.from_records(data["rows"]))
+        meta = meta or dict(data.get("meta", {}))
+        meta.setdefault("sources", []).append(str(path))
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["meta"] = meta
+    return df
+
+
 # --------------------------------------------------------------------------- reporting
 def gpu_projection(
     df: pd.DataFrame,
@@ -815,6 +838,7 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
         f"- machine: {meta.get('machine', _machine())}",
         f"- triad bandwidth (NumPy, all cores): {meta.get('triad_gbps', math.nan):.2f} GB/s",
         f"- when: {meta.get('time', '')}; solver options: {meta.get('solve_kwargs', '')}",
+        *([f"- runs: {', '.join(meta['sources'])}"] if meta.get("sources") else []),
         "",
         "## Seconds per step",
         "",

@@ -204,6 +204,14 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from cellfate_gpu.benchmarking import read_results, write_report
+
+    md = write_report(read_results(*args.results), args.out)
+    print(f"Wrote {md}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     import platform
 
@@ -251,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--n-genes", type=int, default=2000, help="genes of the generated atlas (drivers use all)")
     b.add_argument("--steps", nargs="+", default=None, help="subset of the pipeline steps (prerequisites run too)")
     b.set_defaults(func=_cmd_bench)
+
+    rp = sub.add_parser("report", help="one report (Markdown + PNG) from the results.json of earlier bench runs")
+    rp.add_argument("results", nargs="+", help="results.json files or the bench output folders holding them")
+    rp.add_argument("--out", required=True)
+    rp.set_defaults(func=_cmd_report)
 
     i = sub.add_parser("info", help="versions and backend availability")
     i.set_defaults(func=_cmd_info)

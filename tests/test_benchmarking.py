@@ -87,6 +87,11 @@ def test_run_benchmarks_500_cells_scipy(tmp_path):
         assert len(schur) == 1 and (schur["spmm_bytes"] >= schur["matvecs"] * 16 * 500).all()
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["meta"]["triad_gbps"] == 10.0 and len(data["rows"]) == len(df)
+    again = bm.read_results(tmp_path, tmp_path / "results.json")  # a folder and a file: two runs stacked
+    assert len(again) == 2 * len(df) and again.attrs["meta"]["triad_gbps"] == 10.0
+    assert list(again["seconds"].iloc[: len(df)]) == pytest.approx(list(df["seconds"]), nan_ok=True)
+    with pytest.raises(FileNotFoundError, match="No benchmark results"):
+        bm.read_results(tmp_path / "missing")
 
     md = bm.write_report(df, tmp_path)
     text = md.read_text()
