@@ -800,8 +800,11 @@ def _targets(df: pd.DataFrame) -> list[dict]:
         elif ran_1m:  # a subset of the pipeline is not the end-to-end figure the target asks for
             part = float(timed_rows[(timed_rows["tool"] == t) & (timed_rows["n_cells"] == 1_000_000)
                                     & (timed_rows["step"].isin(ran_1m - {"end_to_end"}))]["seconds"].sum())  # fmt: skip
-            add(f"1M cells end to end ({t})", math.nan, TARGETS["end_to_end_seconds_1M"], False,
-                f"partial run: {part:.0f} s for the steps that ran; not run: {', '.join(missing_1m)}")  # fmt: skip
+            # the steps that ran bound the whole from below: past the target, the target is missed
+            bound = part if part > TARGETS["end_to_end_seconds_1M"] else math.nan
+            add(f"1M cells end to end ({t})", bound, TARGETS["end_to_end_seconds_1M"], False,
+                f"partial run: {part:.0f} s for the steps that ran (a lower bound); "
+                f"not run: {', '.join(missing_1m)}")  # fmt: skip
         else:
             add(f"1M cells end to end ({t})", math.nan, TARGETS["end_to_end_seconds_1M"], False, "not run")
         if "bw_pct_spmm" in df:
@@ -885,14 +888,22 @@ def write_report(df: pd.DataFrame, out_dir: str | os.PathLike) -> Path:
     e2e = timed_rows[timed_rows["step"] == "end_to_end"].pivot_table(
         index="n_cells", columns="tool", values="seconds", aggfunc="first"
     )
+    ok_steps = timed_rows[timed_rows["status"].astype(str) == "ok"].groupby(["tool", "n_cells"])["step"].agg(set)
+
+    def whole(tool: Any, n: Any) -> bool:  # every pipeline step ran: not a partial sum or a lower bound
+        return set(STEPS) <= ok_steps.get((tool, n), set())
+
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for tool in e2e.columns:
         s = e2e[tool].dropna()
         if len(s):
-            ax.loglog(s.index, s.to_numpy(), marker="o", label=str(tool))
+            (line,) = ax.loglog(s.index, s.to_numpy(), marker="o", label=str(tool))
+            part = [n for n in s.index if not whole(tool, n)]
+            if part:  # hollow markers: a partial pipeline or a lower bound (timed-out steps)
+                ax.loglog(part, s.loc[part].to_numpy(), "o", mfc="white", mec=line.get_color(), zorder=3)
     ax.set_xlabel("cells")
     ax.set_ylabel("end-to-end seconds")
-    ax.set_title("Pipeline time vs cells")
+    ax.set_title("Pipeline time vs cells (hollow: partial run or lower bound)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     if len(e2e.columns):
         ax.legend(frameon=False)
