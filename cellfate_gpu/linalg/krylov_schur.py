@@ -107,17 +107,22 @@ def _split_safe(T: np.ndarray, p: int) -> int:
 
 
 class _Basis:
-    """Krylov basis of ``n``-vectors, preallocated when the namespace allows item assignment."""
+    """Krylov basis of ``n``-vectors, preallocated when the namespace allows item assignment.
+
+    The buffer holds one basis vector per *row* (shape ``(size, n)``, C order): writing or reading
+    a vector touches contiguous memory, and ``first(j)`` is the transposed view, which BLAS takes
+    as is. Column storage (``(n, size)``) made every write strided: 2.4 of 26 s at 100k cells.
+    """
 
     def __init__(self, xp: Any, template: Any, size: int, mutable: bool):
         self.xp, self.mutable = xp, mutable
         n = template.shape[0]
-        self.buffer = xp.zeros((n, size), dtype=xp.float64, device=_device(template)) if mutable else None
+        self.buffer = xp.zeros((size, n), dtype=xp.float64, device=_device(template)) if mutable else None
         self.columns: list[Any] = []
 
     def set(self, j: int, v: Any) -> None:
         if self.mutable:
-            self.buffer[:, j] = v
+            self.buffer[j, :] = v
         elif j == len(self.columns):
             self.columns.append(v)
         else:
@@ -126,20 +131,24 @@ class _Basis:
     def first(self, j: int) -> Any:
         """The first ``j`` columns as an ``(n, j)`` array."""
         if self.mutable:
-            return self.buffer[:, :j]
+            return self.buffer[:j, :].T
         return self.xp.stack(self.columns[:j], axis=1)
 
     def column(self, j: int) -> Any:
-        return self.buffer[:, j] if self.mutable else self.columns[j]
+        return self.buffer[j, :] if self.mutable else self.columns[j]
 
     def replace_first(self, V: Any, residual: Any) -> None:
         """Set the basis to the columns of ``V`` followed by ``residual``."""
         p = V.shape[1]
         if self.mutable:
-            self.buffer[:, :p] = V
-            self.buffer[:, p] = residual
+            self.buffer[:p, :] = V.T
+            self.buffer[p, :] = residual
         else:
             self.columns = [V[:, i] for i in range(p)] + [residual]
+
+
+#: DGKS criterion for the second Gram-Schmidt pass (ARPACK's and SLEPc's choice, 1/sqrt(2)).
+_DGKS_ETA = 1.0 / math.sqrt(2.0)
 
 
 def _device(x: Any) -> Any:
@@ -164,7 +173,8 @@ def krylov_schur(
     :math:`[V_m, v_{m+1}]`. Each restart factorises :math:`S = Z T Z^T` (real Schur, wanted
     eigenvalues first), keeps the leading ``p`` Schur vectors :math:`V_m Z_{:, :p}` and the
     coupling :math:`b^T Z_{:, :p}`, and extends the basis again with Arnoldi steps
-    (classical Gram-Schmidt applied twice, CGS2). A Schur vector is converged when its coupling
+    (classical Gram-Schmidt applied twice, CGS2; on host arrays the second pass runs only when the
+    DGKS test asks for it). A Schur vector is converged when its coupling
     :math:`|(b^T Z)_j| \le \tfrac{1}{2}\,tol\,\|A\| / \sqrt{k}`, so that
     :math:`\|A Q - Q R\|_2 \le tol \|A\|`; converged leading couplings are set to zero (locking).
 
@@ -235,11 +245,18 @@ def krylov_schur(
             matvecs += 1
             Vj = basis.first(j + 1)
             h = Vj.T @ w
+            w_in = w
             w = w - Vj @ h
-            h2 = Vj.T @ w  # second pass of CGS2 restores orthogonality lost to cancellation
-            w = w - Vj @ h2
-            h = h + h2
             beta = xp.linalg.vector_norm(w)
+            # Second Gram-Schmidt pass (CGS2) restores orthogonality lost to cancellation. On host
+            # arrays it runs only when needed (DGKS: the norm fell below 1/sqrt(2) of the input's,
+            # as in ARPACK and SLEPc), which halves the orthogonalisation traffic. On a device the
+            # test would be a host sync per matvec, so there both passes always run.
+            if not (isinstance(w, np.ndarray) and float(beta) > _DGKS_ETA * float(np.linalg.norm(w_in))):
+                h2 = Vj.T @ w
+                w = w - Vj @ h2
+                h = h + h2
+                beta = xp.linalg.vector_norm(w)
             # A zero beta means an invariant subspace; it is detected on the host at the restart.
             safe = xp.where(beta > 0, beta, xp.asarray(1.0, dtype=xp.float64, device=_device(w)))
             basis.set(j + 1, w / safe)
