@@ -12,7 +12,7 @@ import numpy as np
 
 from cellfate_gpu.estimators import GPCCA
 
-TOL = 1e-8  # the tolerance CellRank is run with in cellrank_runner.py
+TOL = 1e-8  # the tolerance CellRank is run with in cellfate_gpu/benchmarking/cellrank_runner.py
 
 
 def test_partial_schur_k20(measure, combined_kernel, n_cells):

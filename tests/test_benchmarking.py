@@ -35,7 +35,7 @@ def test_matvec_counter_counts_columns_and_restores_backend():
 
 
 def test_step_closure_adds_prerequisites_in_pipeline_order():
-    assert bm._closure(["drivers"]) == [
+    assert bm.closure(["drivers"]) == [
         "kernel_pseudotime",
         "kernel_connectivity",
         "kernel_combination",
@@ -45,9 +45,9 @@ def test_step_closure_adds_prerequisites_in_pipeline_order():
         "fate_probabilities",
         "drivers",
     ]
-    assert bm._closure(None) == list(bm.STEPS)
+    assert bm.closure(None) == list(bm.STEPS)
     with pytest.raises(ValueError, match="Unknown benchmark steps"):
-        bm._closure(["schur_99"])
+        bm.closure(["schur_99"])
 
 
 def test_triad_bandwidth_is_positive_and_finite():
@@ -149,3 +149,24 @@ def test_cellrank_timeout_makes_end_to_end_a_lower_bound(tmp_path, monkeypatch):
     n_ran = len(cr) - 1
     assert cr.loc["end_to_end", "seconds"] == pytest.approx(2.0 * (n_ran - 1) + 7.0)
     assert cr.loc["end_to_end", "status"] == "lower bound: absorption_times timed out"
+
+
+def test_cellrank_runner_ships_in_the_package_and_shares_the_step_list(tmp_path):
+    """The runner lives inside the package (so an installed wheel has it) and needs no cellfate_gpu import."""
+    import subprocess
+    from pathlib import Path
+
+    import cellfate_gpu
+
+    runner = Path(bm.CELLRANK_RUNNER)
+    assert runner.is_file()
+    assert Path(cellfate_gpu.__file__).parent in runner.parents
+    # run it the way CellRank's interpreter does: isolated (-I: no cwd, no user site), from elsewhere;
+    # --help parses the arguments and exits before CellRank is imported
+    proc = subprocess.run(
+        [sys.executable, "-I", str(runner), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    flat = "".join(proc.stdout.split())  # argparse wraps the comma-separated list anywhere
+    missing = [step for step in bm.STEPS if step not in flat]
+    assert not missing, proc.stdout

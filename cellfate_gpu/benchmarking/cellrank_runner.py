@@ -1,7 +1,7 @@
-"""Run the benchmark pipeline with CellRank 2.3.3 and write timings plus the arrays needed for parity.
+r"""Run the benchmark pipeline with CellRank 2.3.3 and write timings plus the arrays needed for parity.
 
 This script runs INSIDE the separate Python 3.12 environment made by
-``benchmarks/setup_cellrank_env.sh`` (CellRank >= 2.1 needs Python 3.12); it imports nothing from
+``cellfate_gpu/benchmarking/setup_cellrank_env.sh`` (CellRank >= 2.1 needs Python 3.12); it imports nothing from
 ``cellfate_gpu``. :func:`cellfate_gpu.benchmarking.run_benchmarks` calls it as a subprocess on the
 same ``.h5ad`` that our pipeline ran on.
 
@@ -9,7 +9,7 @@ Usage
 -----
 .. code-block:: bash
 
-    python benchmarks/cellrank_runner.py atlas.h5ad --out bench_out/cellrank_100000 \\
+    python .../cellfate_gpu/benchmarking/cellrank_runner.py atlas.h5ad --out bench_out/cellrank_100000 \\
         [--terminal terminal.json] [--steps kernel_pseudotime,...] [--max-dense-schur 12000] [--tol 1e-8]
 
 Steps (the same names as ours): ``kernel_pseudotime`` (hard scheme, ``frac_to_keep=0.3``),
@@ -25,7 +25,7 @@ Caveats recorded in the output JSON (``notes``):
 - ``use_petsc=False``: CellRank 2.3.3's PETSc path fails with petsc4py 3.26 (``Mat.getVecs`` is
   gone), so fate probabilities and absorption times use SciPy's GMRES, one right-hand side after
   another (petsc4py is installed here for SLEPc, but its linear-solve path is not used).
-- With slepc4py (``benchmarks/setup_cellrank_env.sh`` builds it) ``compute_schur`` runs SLEPc's
+- With slepc4py (``cellfate_gpu/benchmarking/setup_cellrank_env.sh`` builds it) ``compute_schur`` runs SLEPc's
   Krylov-Schur (``method="krylov"``). Without it CellRank falls back to ``method="brandts"``, which
   densifies T (``8 n^2`` bytes: 80 GB at 100k cells); then, above ``--max-dense-schur`` cells, the
   Schur, macrostate and terminal-state steps are skipped (recorded as such) and fate probabilities
@@ -54,18 +54,19 @@ import time
 import traceback
 import warnings
 
-ALL_STEPS = (
-    "kernel_pseudotime",
-    "kernel_velocity",
-    "kernel_connectivity",
-    "kernel_combination",
-    "schur_20",
-    "macrostates_10",
-    "terminal_top6",
-    "fate_probabilities",
-    "absorption_times",
-    "drivers",
-)
+
+def _load_steps():
+    """The shared step list (``_steps.py`` beside this file), loaded by path: cellfate_gpu is not installed here."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("_cellfate_steps", Path(__file__).with_name("_steps.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ALL_STEPS = _load_steps().STEPS
 
 
 class StepTimeout(BaseException):
