@@ -22,6 +22,7 @@ from cellfate_gpu.benchmarking._measure import MatvecCounter as MatvecCounter
 from cellfate_gpu.benchmarking._measure import PeakMemory as PeakMemory
 from cellfate_gpu.benchmarking._measure import spmv_bytes as spmv_bytes
 from cellfate_gpu.benchmarking._measure import stream_triad_bandwidth as stream_triad_bandwidth
+from cellfate_gpu.benchmarking._pipeline import ATLAS_KINDS as ATLAS_KINDS
 from cellfate_gpu.benchmarking._pipeline import _true_terminal_states as _true_terminal_states
 from cellfate_gpu.benchmarking._pipeline import atlas_h5ad as atlas_h5ad
 from cellfate_gpu.benchmarking._pipeline import run_pipeline as run_pipeline
@@ -41,6 +42,7 @@ from cellfate_gpu.benchmarking._steps import closure as closure
 CELLRANK_RUNNER = _runner_path()
 
 __all__ = [
+    "ATLAS_KINDS",
     "CELLRANK_RUNNER",
     "CELLRANK_TOOL",
     "DEPENDS",

@@ -12,26 +12,47 @@ import numpy as np
 from cellfate_gpu.benchmarking._measure import MatvecCounter, PeakMemory
 from cellfate_gpu.benchmarking._steps import SPMV_BOUND, closure
 
+#: The generated atlases a benchmark can run on: ``synthetic`` (:func:`cellfate_gpu.datasets.synthetic_atlas`,
+#: near-one-dimensional branches, graph on the latent coordinates) and ``user_like``
+#: (:func:`cellfate_gpu.datasets.user_like_atlas`: kNN of PCA of noisy counts, as scanpy users build theirs).
+ATLAS_KINDS = ("synthetic", "user_like")
 
-def atlas_h5ad(n_cells: int, *, n_lineages: int = 6, n_genes: int = 2000, seed: int = 0, folder: Any = None) -> Path:
-    """Path of a cached ``.h5ad`` of the generated atlas (generated and written on first use).
+
+def atlas_h5ad(
+    n_cells: int,
+    *,
+    n_lineages: int = 6,
+    n_genes: int = 2000,
+    seed: int = 0,
+    folder: Any = None,
+    kind: str = "synthetic",
+) -> Path:
+    """Path of a cached ``.h5ad`` of a generated atlas (generated and written on first use).
 
     Cached under ``folder`` (default ``cache_dir()/bench``) as ``atlas_{n}c_{l}l_{g}g_s{seed}.h5ad``
-    so that CellRank and every backend read the same file.
+    (``user_like_...`` for the user-like kind) so that CellRank and every backend read the same file.
+
+    Parameters
+    ----------
+    kind
+        One of :data:`ATLAS_KINDS`.
     """
     from cellfate_gpu._remote_datasets import cache_dir
-    from cellfate_gpu.datasets import synthetic_atlas
+    from cellfate_gpu.datasets import synthetic_atlas, user_like_atlas
 
+    generators = {"synthetic": synthetic_atlas, "user_like": user_like_atlas}
+    if kind not in generators:
+        raise ValueError(f"Unknown atlas kind {kind!r}; choose from {list(ATLAS_KINDS)}.")
     folder = Path(folder) if folder is not None else cache_dir() / "bench"
-    path = folder / f"atlas_{n_cells}c_{n_lineages}l_{n_genes}g_s{seed}.h5ad"
+    prefix = "atlas" if kind == "synthetic" else kind
+    path = folder / f"{prefix}_{n_cells}c_{n_lineages}l_{n_genes}g_s{seed}.h5ad"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        adata = synthetic_atlas(n_cells=n_cells, n_lineages=n_lineages, n_genes=n_genes, seed=seed, cache=False)
+        adata = generators[kind](n_cells=n_cells, n_lineages=n_lineages, n_genes=n_genes, seed=seed, cache=False)
         tmp = path.with_suffix(".tmp.h5ad")
         adata.write_h5ad(tmp)
         tmp.replace(path)
     return path
-
 
 
 def run_pipeline(

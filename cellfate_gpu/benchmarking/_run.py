@@ -17,7 +17,7 @@ import pandas as pd
 from cellfate_gpu.benchmarking._cellrank import CELLRANK_TOOL, _compare, _run_cellrank
 from cellfate_gpu.benchmarking._measure import stream_triad_bandwidth
 from cellfate_gpu.benchmarking._pipeline import atlas_h5ad, run_pipeline
-from cellfate_gpu.benchmarking._steps import closure
+from cellfate_gpu.benchmarking._steps import STEPS, closure
 
 
 def run_benchmarks(
@@ -32,6 +32,7 @@ def run_benchmarks(
     solve_kwargs: dict | None = None,
     triad_gbps: float | None = None,
     atlas_dir: str | os.PathLike | None = None,
+    atlas: str = "synthetic",
 ) -> pd.DataFrame:
     """Run the pipeline for every size and backend (and CellRank); one row per (size, tool, step).
 
@@ -58,6 +59,10 @@ def run_benchmarks(
         Measured bandwidth to compare against; default: :func:`stream_triad_bandwidth` now.
     atlas_dir
         Where atlases are cached (default ``cache_dir()/bench``).
+    atlas
+        Which generated atlas (:data:`~cellfate_gpu.benchmarking.ATLAS_KINDS`): ``"synthetic"`` or
+        ``"user_like"`` (kNN of PCA of noisy counts; it has no velocity layers, so ``kernel_velocity``
+        is recorded as failed there). Recorded in every row (column ``atlas``) and in the metadata.
 
     Returns
     -------
@@ -76,6 +81,8 @@ def run_benchmarks(
     if not sizes or min(sizes) < 100:
         raise ValueError(f"sizes must be a non-empty list of cell counts >= 100, got {sizes}.")
     backends = [backends] if isinstance(backends, str) else list(backends)
+    if steps is None and atlas == "user_like":  # no velocity layers: the other steps, as the issue's seed
+        steps = [s for s in STEPS if s != "kernel_velocity"]
     todo = closure(steps)
     solve_kwargs = {"tol": 1e-8} if solve_kwargs is None else dict(solve_kwargs)
     out = Path(out_dir)
@@ -85,7 +92,7 @@ def run_benchmarks(
     reasons = available_backends()
     records: list[dict] = []
     for n in sizes:
-        h5ad = atlas_h5ad(n, n_lineages=n_lineages, n_genes=n_genes, folder=atlas_dir)
+        h5ad = atlas_h5ad(n, n_lineages=n_lineages, n_genes=n_genes, folder=atlas_dir, kind=atlas)
         adata0 = ad.read_h5ad(h5ad)
         reference: dict | None = None
         for be in backends:
@@ -146,7 +153,9 @@ def run_benchmarks(
                     notes = cr.get("notes", [])
                     records[-1]["notes"] = "; ".join(notes)
     df = pd.DataFrame.from_records(records)
+    df.insert(0, "atlas", atlas)
     meta = {
+        "atlas": atlas,
         "machine": _machine(),
         "triad_gbps": float(triad_gbps),
         "python": platform.python_version(),
