@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from cellfate_gpu._settings import settings
 
-__all__ = ["logger", "progress", "timed", "info", "warning", "debug"]
+__all__ = ["logger", "progress", "progress_bar", "timed", "info", "warning", "debug"]
 
 logger = logging.getLogger("cellfate_gpu")
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
@@ -82,3 +82,12 @@ def timed(msg: str, *args) -> Iterator[dict]:
 def progress(iterable: Iterable, *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterable:
     """Wrap a long loop in a tqdm bar that is shown only at INFO verbosity or above."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=settings.verbosity < 2, file=sys.stderr)
+
+
+def progress_bar(*, total: int | None = None, desc: str = "", unit: str = "it", delay: float = 2.0) -> tqdm:
+    """A manual tqdm bar (``update``/``set_postfix_str``/``close``) for loops without an iterable.
+
+    Shown only at INFO verbosity or above, and only once it has run ``delay`` seconds, so short
+    computations print nothing.
+    """
+    return tqdm(total=total, desc=desc, unit=unit, disable=settings.verbosity < 2, file=sys.stderr, delay=delay)

@@ -1,5 +1,11 @@
 """Shared fixtures: the backend fixture (every registered backend, unavailable ones skipped with
-their reason), small generated atlases, and the shared real test data."""
+their reason), small generated atlases, and the shared real test data.
+
+The ``cupy`` case of the backend fixture runs everywhere: on the real CuPy (marker ``gpu``) where
+CuPy and a CUDA device are usable, else on the strict CuPy test double of ``tests/cupy_double``
+(CuPy 14's namespace and limits over NumPy, refusing implicit host conversion), so that every
+backend-parametrised test exercises the cupy backend's code in CI.
+"""
 
 import os
 from pathlib import Path
@@ -16,20 +22,53 @@ from cellfate_gpu.backends import available_backends
 
 settings.verbosity = 1  # keep test output quiet; tests of logging raise it locally
 
-_MARKS = {"cupy": [pytest.mark.gpu], "petsc": [pytest.mark.petsc]}
+def real_gpu_reason() -> str | None:
+    """``None`` when the real CuPy and a CUDA device are usable, else why not (no import side effects)."""
+    import importlib.util
+
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed"
+    try:
+        import cupy
+    except Exception as err:  # a broken installation
+        return f"CuPy does not import ({type(err).__name__}: {err})"
+    if getattr(cupy, "IS_DOUBLE", False):
+        return "the CuPy test double is on sys.path, not the real CuPy"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() == 0:
+            return "no CUDA device"
+    except Exception as err:
+        return f"no usable CUDA device ({type(err).__name__}: {err})"
+    return None
+
+
+_REAL_GPU = real_gpu_reason() is None
+_MARKS = {"cupy": [pytest.mark.gpu] if _REAL_GPU else [], "petsc": [pytest.mark.petsc]}
+_IDS = {"cupy": "cupy" if _REAL_GPU else "cupy-double"}
 _BACKENDS = [  # every registered backend, scipy first
-    pytest.param(name, marks=_MARKS.get(name, []), id=name)
+    pytest.param(name, marks=_MARKS.get(name, []), id=_IDS.get(name, name))
     for name in sorted(available_backends(), key=lambda name: (name != "scipy", name))
 ]
 
 
 @pytest.fixture(params=_BACKENDS)
-def backend(request):
-    """Name of every registered backend; one that cannot run here is skipped with its reason."""
+def backend(request, monkeypatch):
+    """Name of every registered backend; one that cannot run here is skipped with its reason.
+
+    ``cupy`` without a usable GPU runs on the CuPy test double (installed for this test only).
+    """
+    if request.param == "cupy" and not _REAL_GPU:
+        try:
+            from cupy_double import install
+        except ImportError:
+            from tests.cupy_double import install
+        with install(monkeypatch):
+            yield request.param
+        return
     reason = available_backends().get(request.param)
     if reason is not None:
         pytest.skip(f"backend {request.param!r} unavailable: {reason}")
-    return request.param
+    yield request.param
 
 
 @pytest.fixture(scope="session")

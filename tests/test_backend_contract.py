@@ -180,8 +180,10 @@ def test_solve_agrees_with_scipy(bk):
     assert np.all(res.residual_norms <= 1e-10)
     if counter is not None:
         cycles = math.ceil(res.iterations / 10)
-        # one Hessenberg read per cycle, the final true residual, and the explicit read above
-        assert counter["d2h"] <= cycles + 3, (dict(counter), res.iterations)
+        # one Hessenberg read per cycle, the final true residual, the explicit read above, and the
+        # prepared solver's matrix fingerprint (linalg/solvers.py ``_fingerprint``: three strided
+        # samples of at most 4097 entries each, not the matrix)
+        assert counter["d2h"] <= cycles + 3 + 3, (dict(counter), res.iterations)
         assert counter["sync"] <= cycles + 2, dict(counter)
 
 
@@ -197,7 +199,8 @@ def test_partial_schur_agrees_with_scipy(bk):
     assert res.converged, res
     if counter is not None:
         # one read of the new Hessenberg columns per restart plus a small constant
-        assert counter["d2h"] <= res.iterations + 2, (dict(counter), res.iterations)
+        # (+ 5: the constant reads of the eigenvalue-1 classification in linalg/_classes.py)
+        assert counter["d2h"] <= res.iterations + 2 + 5, (dict(counter), res.iterations)
         assert counter["sync"] <= 2, dict(counter)
     Q = bk.to_host(res.Q)
     np.testing.assert_allclose(np.sort_complex(res.eigenvalues), np.sort_complex(ref.eigenvalues), atol=1e-8)

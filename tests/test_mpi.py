@@ -7,11 +7,14 @@ serial run, launch a small 2-rank job to check that a failure on one rank aborts
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,27 +73,216 @@ def test_helpers_without_mpi(tmp_path):
         _mpi.root_only_write(tmp_path / "missing" / "b.txt", lambda p: p.write_text("x"))
 
 
-@pytest.mark.skipif(UNDER_MPI, reason="launches its own 2-rank job")
-@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
-def test_abort_on_error_ends_the_whole_job():
+_FAILING_JOB = textwrap.dedent(
+    """
+    import sys
+    from cellfate_gpu import _mpi
+    print("rank", _mpi.rank(), "started", flush=True)
+    with _mpi.abort_on_error("the test step"):
+        if _mpi.rank() == 1:
+            def deep(n):
+                if n == 0:
+                    raise ValueError("rank one is broken")
+                deep(n - 1)
+            deep(int(sys.argv[1]))
+        _mpi.barrier()  # rank 0 would wait here forever without the abort
+    print("unreachable")
+    """
+)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment without the variables of an enclosing MPI job (so mpiexec starts a fresh one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_LOCAL", "HYDI_"))}
+    return {**env, **extra}
+
+
+def _run_failing_job(depth: int = 5, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["mpiexec", "-n", "2", sys.executable, "-c", _FAILING_JOB, str(depth)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_clean_env(**env),
+    )
+
+
+def _assert_reported(proc: subprocess.CompletedProcess, run: str) -> None:
+    where = f"{run}: exit {proc.returncode}, stderr {proc.stderr[-2000:]!r}"
+    assert proc.returncode != 0, where
+    assert "[rank 1/2] the test step failed: ValueError: rank one is broken" in proc.stderr, where
+    assert "in deep\n" in proc.stderr and "Traceback (most recent call last)" in proc.stderr, where  # traceback too
+    assert "[rank 1/2] calling MPI_Abort so that the other ranks do not hang" in proc.stderr, where
+    assert "unreachable" not in proc.stdout, where
+
+
+needs_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not found")
+
+
+@contextlib.contextmanager
+def _busy_cpus(n: int):
+    """``n`` busy-loop processes: the loaded machine on which the launcher is slow to forward stderr."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(UNDER_MPI, reason="launches its own 2-rank jobs")
+@needs_mpiexec
+def test_abort_on_error_ends_the_whole_job_and_says_why_every_time():
+    """Six 2-rank failing jobs in a row, three on a quiet and three on an overloaded machine.
+
+    Each must end with a non-zero status and the failing rank's message and traceback on
+    mpiexec's stderr (captured through a pipe, as a batch system does).
+    """
     pytest.importorskip("mpi4py", reason="mpi4py not installed")
-    script = textwrap.dedent(
+    for i in range(3):
+        _assert_reported(_run_failing_job(depth=5 + 40 * i), f"quiet run {i}")
+    with _busy_cpus(2 * (os.cpu_count() or 1)):
+        for i in range(3):
+            _assert_reported(_run_failing_job(depth=5 + 40 * i), f"loaded run {i}")
+
+
+@pytest.mark.skipif(UNDER_MPI, reason="launches its own 2-rank job")
+@needs_mpiexec
+def test_abort_on_error_also_writes_the_report_to_a_file(tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py not installed")
+    proc = _run_failing_job(**{_mpi.ERROR_DIR_ENV: str(tmp_path)})
+    _assert_reported(proc, "with CELLFATE_MPI_ERROR_DIR")
+    report = (tmp_path / "cellfate-rank1-error.txt").read_text()
+    assert "[rank 1/2] the test step failed: ValueError: rank one is broken" in report
+    assert not (tmp_path / "cellfate-rank0-error.txt").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="FIONREAD on a pipe's write end is Linux behaviour")
+def test_unread_bytes_of_a_pipe():
+    r, w = os.pipe()
+    try:
+        assert _mpi._unread_bytes(w) == 0
+        os.write(w, b"twelve bytes")
+        assert _mpi._unread_bytes(w) == 12
+        os.read(r, 5)
+        assert _mpi._unread_bytes(w) == 7
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="FIONREAD on a pipe's write end is Linux behaviour")
+def test_report_waits_until_the_reader_has_taken_the_message():
+    """The reporting rank does not go on (to MPI_Abort) while its message still sits in the stderr pipe."""
+    child = textwrap.dedent(
         """
         from cellfate_gpu import _mpi
-        with _mpi.abort_on_error("the test step"):
-            if _mpi.rank() == 1:
-                raise ValueError("rank one is broken")
-            _mpi.barrier()  # rank 0 would wait here forever without the abort
-        print("unreachable")
+        print("writing", flush=True)
+        _mpi._report_failure("x" * 5000 + "\\n", 1, drain_timeout=120, grace=0)
+        print("returned", _mpi._unread_bytes(2), flush=True)
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_LOCAL"))}
-    proc = subprocess.run(
-        ["mpiexec", "-n", "2", sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_clean_env()
     )
-    assert proc.returncode != 0
-    assert "[rank 1/2] the test step failed: ValueError: rank one is broken" in proc.stderr
-    assert "unreachable" not in proc.stdout
+    try:
+        assert proc.stdout.readline() == b"writing\n"
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        assert not ready, "the report returned while nobody had read stderr"
+        assert proc.stderr.read(5001) == b"x" * 5000 + b"\n"
+        assert proc.stdout.readline() == b"returned 0\n"
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+# ----------------------------------------------------------------------------- the CLI on 2 ranks vs serial
+_PIPELINES = {
+    # connected: one component, three branches
+    "connected": ({"n_cells": 1000, "n_lineages": 3, "seed": 0}, ["--n-states", "6", "--terminal", "top_n:3"]),
+    # the issue's atlas: T has eigenvalue 1 four times (closed classes)
+    "disconnected": ({"n_cells": 4000, "n_lineages": 4, "seed": 3}, ["--n-states", "8", "--terminal", "top_n:4"]),
+}
+_CLI_KERNEL = ["--kernel", "pseudotime:weight=0.8 + connectivity:weight=0.2", "--drivers", "0"]
+
+
+@pytest.fixture(scope="module")
+def serial_runs(tmp_path_factory):
+    """``cellfate-gpu run ... --backend scipy`` on each atlas (in this process), cached per module."""
+    from cellfate_gpu.cli import main
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    folder = tmp_path_factory.mktemp("cli_mpi")
+    cache: dict[str, tuple[Path, Path | None, str]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            params, options = _PIPELINES[name]
+            source = folder / f"{name}.h5ad"
+            synthetic_atlas(**params).write_h5ad(source)
+            out = folder / f"{name}_scipy.h5ad"
+            try:
+                code, error = (
+                    main(["run", str(source), *_CLI_KERNEL, *options, "--backend", "scipy", "--out", str(out)]),
+                    "",
+                )
+            except Exception as err:  # the reference itself fails: reported by the test
+                code, error = 1, f"{type(err).__name__}: {err}"
+            cache[name] = (source, out if code == 0 else None, error)
+        return cache[name]
+
+    return get
+
+
+def _states_and_fates(path: Path) -> tuple[dict[frozenset, str], dict[frozenset, np.ndarray]]:
+    """Terminal states as {set of cells: name} and the fate probability column of each state."""
+    import anndata as ad
+
+    from cellfate_gpu.lineage import Lineage
+
+    adata = ad.read_h5ad(path)
+    states = adata.obs["term_states_fwd"]
+    fates = Lineage.from_adata(adata, "lineages_fwd")
+    by_cells, columns = {}, {}
+    for j, name in enumerate(fates.names):
+        cells = frozenset(states.index[states.astype(object) == name])
+        by_cells[cells] = name
+        columns[cells] = np.asarray(fates)[:, j]
+    return by_cells, columns
+
+
+@pytest.mark.skipif(UNDER_MPI, reason="launches its own MPI jobs")
+@needs_mpiexec
+@needs_petsc
+@pytest.mark.parametrize("n_ranks", [1, 2], ids=["1rank", "2ranks"])
+@pytest.mark.parametrize("atlas", list(_PIPELINES))
+def test_cli_on_petsc_ranks_equals_serial_scipy(serial_runs, atlas, n_ranks):
+    """``mpiexec -n N cellfate-gpu run --backend petsc`` = ``cellfate-gpu run --backend scipy``.
+
+    Same terminal states (the same cells), fate probabilities equal to 1e-6, on a connected and a
+    disconnected (reducible) atlas.
+    """
+    source, serial_out, error = serial_runs(atlas)
+    assert serial_out is not None, f"the serial scipy run on the {atlas} atlas failed: {error}"
+    out = source.with_name(f"{atlas}_petsc_{n_ranks}.h5ad")
+    _, options = _PIPELINES[atlas]
+    cmd = ["mpiexec", "-n", str(n_ranks), sys.executable, "-m", "cellfate_gpu.cli", "run", str(source)]
+    proc = subprocess.run(
+        [*cmd, *_CLI_KERNEL, *options, "--backend", "petsc", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(),
+    )
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    ref_states, ref_fates = _states_and_fates(serial_out)
+    states, fates = _states_and_fates(out)
+    assert set(states) == set(ref_states), (
+        f"terminal states differ: petsc {sorted(map(len, states))} cells vs scipy {sorted(map(len, ref_states))}"
+    )
+    for cells in ref_states:
+        np.testing.assert_allclose(fates[cells], ref_fates[cells], rtol=0, atol=1e-6, err_msg=ref_states[cells])
 
 
 # ----------------------------------------------------------------------------- 2 ranks vs serial

@@ -14,6 +14,8 @@ import os
 from importlib.metadata import entry_points
 from typing import Any
 
+import numpy as np
+
 from cellfate_gpu._logging import info
 from cellfate_gpu._settings import settings
 from cellfate_gpu.backends._base import Backend
@@ -102,7 +104,9 @@ def _instance(name: str) -> Backend:
         extra = _EXTRAS.get(name) or getattr(_load_class(name), "extra", "")
         hint = f" Install it with `pip install 'cellfate_gpu[{extra}]'`." if extra else ""
         raise BackendUnavailableError(f"Backend {name!r} is unavailable: {reason}.{hint}".replace("..", "."))
-    return _load_class(name)()
+    backend = _load_class(name)()
+    backend._shared = True  # the process-wide instance: backends refuse to mutate it (scoped changes only)
+    return backend
 
 
 def _resolve_auto() -> str:
@@ -144,14 +148,38 @@ def _auto_choice() -> str:
     return _resolve_auto()
 
 
+#: Top-level modules whose array types a built-in backend owns (besides its own module's types).
+_NATIVE_MODULES = {"cupy": ("cupy", "cupyx"), "jax": ("jax", "jaxlib")}
+
+
+def _may_own(name: str, module: str) -> bool:
+    """Whether backend ``name`` can own a type defined in ``module`` (no import of the backend's engine)."""
+    own_module = _registry()[name].partition(":")[0]
+    if module == own_module:
+        return True
+    roots = _NATIVE_MODULES.get(name)
+    if roots is None:  # a third-party backend: its class declares ``native_modules`` (importing it is cheap)
+        try:
+            roots = tuple(getattr(_load_class(name), "native_modules", ()))
+        except ImportError:
+            return False
+    return module.split(".")[0] in roots
+
+
 def backend_of(A: Any) -> Backend | None:
-    """The instantiated backend whose native matrix ``A`` is, if any (``None`` for SciPy/NumPy input)."""
+    """The backend whose native matrix ``A`` is, if any (``None`` for SciPy/NumPy input).
+
+    Only a backend that can own ``A``'s type (by the module that defines it) is instantiated, so
+    asking about a CuPy matrix never starts JAX (whose start-up would touch its process-wide
+    configuration), and NumPy/SciPy input instantiates nothing.
+    """
     import scipy.sparse as sp
 
-    if sp.issparse(A):
+    if sp.issparse(A) or isinstance(A, np.ndarray):
         return None
+    module = type(A).__module__ or ""
     for name in _registry():
-        if name == "scipy":
+        if name == "scipy" or not _may_own(name, module):
             continue
         if _why_not(name) is not None:
             continue

@@ -16,6 +16,7 @@ Host <-> backend moves happen only in :meth:`asarray`, :meth:`to_host`, :meth:`f
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -153,29 +154,64 @@ class Backend(abc.ABC):
         scaled = data * self.xp.take(d, self.row_ids(indptr))
         return self.csr_from_components(scaled, indices, indptr, tuple(A.shape))
 
+    # ---------------------------------------------------------------- capabilities
+    #: The operations this backend implements natively; :meth:`can_run` answers from it. Names:
+    #: ``solve.gmres`` (generic block GMRES on :attr:`xp`), ``solve.direct`` (sparse LU through
+    #: :meth:`factorize`), ``solve.scipy_krylov`` (SciPy's Krylov solvers on host arrays),
+    #: ``solve.ksp`` (PETSc KSP through ``solve_ksp``), ``precond.jacobi``, ``precond.ilu``,
+    #: ``precond.amg``, ``schur`` and ``eig`` (partial Schur/eigen decompositions).
+    implements: frozenset[str] = frozenset({"solve.gmres", "precond.jacobi", "schur", "eig"})
+
+    def can_run(self, operation: str) -> tuple[bool, str]:
+        """Whether this backend implements ``operation`` natively, and why (not).
+
+        The dispatcher in :mod:`cellfate_gpu.linalg` asks this before it runs anything and raises
+        with the reason when the answer is no; it never routes the call to another engine.
+        """
+        if operation in self.implements:
+            return True, f"{operation!r} is implemented by the {self.name!r} backend"
+        return False, f"it does not implement {operation!r} (it implements {', '.join(sorted(self.implements))})"
+
     # ---------------------------------------------------------------- heavy operations
+    def factorize(self, A: Any) -> Any:
+        """Sparse LU of native ``A`` (backends that implement ``solve.direct``)."""
+        raise NotImplementedError(f"The {self.name!r} backend does not implement sparse LU (solve.direct).")
+
+    def solve_factorized(self, factor: Any, A: Any, B: Any) -> SolveResult:
+        """Solve with the factors from :meth:`factorize` (backends that implement ``solve.direct``)."""
+        raise NotImplementedError(f"The {self.name!r} backend does not implement sparse LU (solve.direct).")
+
     def solve(
         self,
         A: Any,
         B: Any,
         *,
-        method: str = "gmres",
+        method: Any = "gmres",
         tol: float = 1e-10,
         maxiter: int | None = None,
-        preconditioner: str | None = None,
+        preconditioner: Any = None,
         x0: Any = None,
         restart: int | None = None,
     ) -> SolveResult:
-        """Solve ``A X = B`` for all columns of ``B`` at once (generic block GMRES).
+        """Solve ``A X = B`` for all columns of ``B`` at once on this backend, without the public checks.
 
-        ``A`` is native, ``B`` and ``x0`` are backend arrays.  Backends override this to offer
-        more methods (``"direct"``) or preconditioners (``"ilu"``).
+        ``A`` is native, ``B`` and ``x0`` are backend arrays. ``method`` is a solver name or a
+        :mod:`~cellfate_gpu.linalg.solvers` value; names become values in
+        :func:`~cellfate_gpu.linalg.solvers.solver_from_name` (the one place). Prefer
+        :func:`cellfate_gpu.linalg.solve`, which validates input, checks the residual against
+        ``tol`` and raises with what to try.
         """
-        from cellfate_gpu.linalg.gmres import block_gmres
+        from cellfate_gpu.linalg.solvers import Solver, solver_from_name
 
-        if method not in {"gmres"}:
-            raise ValueError(f"method={method!r} is not offered by the {self.name!r} backend; use 'gmres'.")
-        return block_gmres(self, A, B, tol=tol, maxiter=maxiter, preconditioner=preconditioner, x0=x0, restart=restart)
+        if isinstance(method, Solver):
+            solver = method
+        else:
+            solver = solver_from_name(
+                method, preconditioner=preconditioner, restart=restart, maxiter=maxiter, backend=self
+            )
+        prepared = solver.prepare(self, A)
+        result = prepared.run(B, tol, maxiter, x0)
+        return dataclasses.replace(result, prepared=prepared)
 
     def partial_schur(
         self,

@@ -39,23 +39,25 @@ heavy call with ``sys.argv`` (never at import).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import sys
 import time
+import types
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, final
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends._base import Backend
 from cellfate_gpu.backends._results import SchurResult, SolveResult, Status
 from cellfate_gpu.backends._scipy import ScipyBackend
+from cellfate_gpu.linalg._schur_sort import sort_key, sorted_real_schur
 from cellfate_gpu.linalg.krylov_schur import default_ncv
 
-__all__ = ["PetscBackend", "PetscBuildError"]
+__all__ = ["PetscBackend", "PetscBuildError", "sorted_real_schur"]
 
 _WHICH_TO_SLEPC = {
     "LR": "LARGEST_REAL",
@@ -117,65 +119,6 @@ def _ownership_ranges(n: int, nranks: int) -> np.ndarray:
     counts = np.full(nranks, n // nranks, dtype=np.int64)
     counts[: n % nranks] += 1
     return np.concatenate([[0], np.cumsum(counts)])
-
-
-def _schur_block_starts(T: np.ndarray) -> list[int]:
-    """Start index of every diagonal block (1x1 or 2x2) of a quasi-upper-triangular ``T``."""
-    starts, i, m = [], 0, T.shape[0]
-    while i < m:
-        starts.append(i)
-        i += 2 if i + 1 < m and T[i + 1, i] != 0.0 else 1
-    return starts
-
-
-def _block_eigenvalues(T: np.ndarray, i: int) -> np.ndarray:
-    """Eigenvalues of the diagonal block starting at ``i`` (positive imaginary part first)."""
-    if i + 1 < T.shape[0] and T[i + 1, i] != 0.0:
-        ev = np.linalg.eigvals(T[i : i + 2, i : i + 2]).astype(complex)
-        return ev[np.argsort(-ev.imag)]
-    return np.array([complex(T[i, i])])
-
-
-def _which_key(lam: complex, which: str) -> float:
-    """Sort key (smaller first) of an eigenvalue for ``which`` (imaginary parts by magnitude)."""
-    return {
-        "LR": -lam.real,
-        "SR": lam.real,
-        "LM": -abs(lam),
-        "SM": abs(lam),
-        "LI": -abs(lam.imag),
-        "SI": abs(lam.imag),
-    }[which]
-
-
-def sorted_real_schur(R: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Real Schur form :math:`R = Z T Z^T` with the diagonal blocks ordered by ``which``.
-
-    LAPACK ``gees`` gives :math:`T`, then the blocks are moved one by one with ``trexc``
-    (selection sort; ``R`` is small, ``k' x k'``).  Conjugate pairs stay together in standardised
-    2x2 blocks.
-
-    Returns
-    -------
-    T, Z, eigenvalues
-        Quasi-upper-triangular :math:`T`, orthogonal :math:`Z`, and the eigenvalues of :math:`T`
-        in diagonal order (complex).
-    """
-    T, Z = sla.schur(np.asarray(R, dtype=np.float64), output="real")
-    trexc = sla.lapack.get_lapack_funcs("trexc", (T,))
-    p = 0
-    while p < T.shape[0]:
-        starts = [s for s in _schur_block_starts(T) if s >= p]
-        keys = [_which_key(_block_eigenvalues(T, s)[0], which) for s in starts]
-        best = starts[int(np.argmin(keys))]
-        if best != p:
-            T, Z, info_ = trexc(T, Z, best + 1, p + 1, wantq=1)
-            if info_ != 0:
-                raise np.linalg.LinAlgError(f"LAPACK trexc failed to reorder the Schur form (info={info_}).")
-        p += 2 if p + 1 < T.shape[0] and T[p + 1, p] != 0.0 else 1
-    T = np.triu(T, -1)  # clear rounding below the first subdiagonal
-    eigenvalues = np.concatenate([_block_eigenvalues(T, s) for s in _schur_block_starts(T)])
-    return T, Z, eigenvalues
 
 
 @final
@@ -287,6 +230,10 @@ class PetscBackend(Backend):
     def set_options(self, options: Mapping[str, Any], *, replace: bool = False) -> None:
         """Add (or with ``replace=True`` set exactly) PETSc options applied to every solver set-up.
 
+        Only on an instance you made (``PetscBackend(...)``): the shared instance that
+        ``get_backend("petsc")`` returns is refused, since changing it would change every later
+        computation in the process; use :meth:`using_options` there (scoped to a ``with`` block).
+
         Parameters
         ----------
         options
@@ -295,28 +242,41 @@ class PetscBackend(Backend):
         replace
             Drop the options set before.
         """
-        if not isinstance(options, Mapping):
-            raise TypeError(f"options must be a mapping of PETSc option names to values, got {type(options).__name__}.")
+        if getattr(self, "_shared", False):
+            raise RuntimeError(
+                "This is the shared petsc backend of get_backend('petsc'); set_options would change it for the "
+                "whole process. Use `with backend.using_options({...}):` for a scoped change, or "
+                "PetscBackend(petsc_options={...}) for a backend of your own."
+            )
         new: dict[str, str | None] = {} if replace else dict(self._options)
-        for key, value in options.items():
-            name = str(key).lstrip("-")
-            if not name or any(c.isspace() for c in name):
-                raise ValueError(f"Invalid PETSc option name {key!r}.")
-            if value is None or value is True:
-                new[name] = None
-            elif value is False:
-                new[name] = "false"
-            else:
-                new[name] = str(value)
+        new.update(_normalise_options(options))
         self._options = new
 
     @contextlib.contextmanager
-    def _options_applied(self) -> Iterator[None]:
-        """Put this backend's options into PETSc's database for one set-up, then restore it."""
+    def using_options(self, options: Mapping[str, Any]) -> Iterator[PetscBackend]:
+        """Apply ``options`` (as in :meth:`set_options`) to the set-ups inside a ``with`` block only.
+
+        Scoped per context (a :class:`contextvars.ContextVar`), so threads and nested blocks do not
+        see each other's options; inner blocks win.
+        """
+        extra = _normalise_options(options)
+        token = _SCOPED_OPTIONS.set({**_SCOPED_OPTIONS.get(), **extra})
+        try:
+            yield self
+        finally:
+            _SCOPED_OPTIONS.reset(token)
+
+    @contextlib.contextmanager
+    def _options_applied(self, extra: Mapping[str, str | None] | None = None) -> Iterator[None]:
+        """Put this backend's options, then the scoped ones, then ``extra`` into PETSc's database.
+
+        For one set-up; the database is restored afterwards.
+        """
         PETSc, _ = self._start()
         db = PETSc.Options()
         saved: dict[str, str | bool | None] = {}
-        for name, value in self._options.items():
+        merged = {**self._options, **_SCOPED_OPTIONS.get(), **(extra or {})}
+        for name, value in merged.items():
             saved[name] = db.getString(name) if db.hasName(name) else False
             db.setValue(name, value if value is not None else True)
         try:
@@ -486,6 +446,31 @@ class PetscBackend(Backend):
             return -1
 
     # ---------------------------------------------------------------- partial Schur (SLEPc)
+    def _unit_eigenspace(self, A: Any, which: str, tol: float, ranges: np.ndarray) -> np.ndarray | None:
+        r"""Rows owned by this rank of the exact invariant subspace :math:`W` of the eigenvalue 1, or ``None``.
+
+        The same class-aware step as the generic Krylov-Schur
+        (:func:`cellfate_gpu.linalg._classes.unit_eigenspace`), on the host CSR matrix: every rank
+        computes the same :math:`W` in ``"replicated"`` mode (deterministic), rank 0 computes and
+        broadcasts it in ``"root"`` mode. SLEPc then deflates it (``EPSSetDeflationSpace``), so a
+        reducible chain gets its eigenvalue 1 once per closed class on any number of ranks.
+        """
+        if which not in ("LR", "LM"):
+            return None
+        from cellfate_gpu.linalg._classes import stochastic_kind, unit_eigenspace
+
+        comm = self._comm()
+        me, root_mode = comm.getRank(), self._distribution == "root" and comm.getSize() > 1
+        W = None
+        if not root_mode or me == 0:
+            native = self._host.ensure_native(A)
+            kind = stochastic_kind(self._host, native)
+            found = unit_eigenspace(self._host, native, kind=kind, tol=tol) if kind is not None else None
+            W = None if found is None else found[0]
+        if root_mode:
+            W = comm.tompi4py().bcast(W, root=0)
+        return None if W is None else np.ascontiguousarray(W[int(ranges[me]) : int(ranges[me + 1])])
+
     def partial_schur(
         self,
         A: Any,
@@ -534,8 +519,7 @@ class PetscBackend(Backend):
             ``matvecs`` (MatMult calls, from PETSc's event log).
         """
         PETSc, SLEPc = self._start()
-        if which not in _WHICH_TO_SLEPC:
-            raise ValueError(f"which must be one of {tuple(_WHICH_TO_SLEPC)}, got {which!r}.")
+        sort_key(which)  # validates which
         started = time.perf_counter()
         mults0 = self._matmult_count()
         M, ranges = self._petsc_matrix(A)
@@ -543,8 +527,29 @@ class PetscBackend(Backend):
         if not 1 <= k < n:
             M.destroy()
             raise ValueError(f"k must satisfy 1 <= k < n={n}, got {k}.")
-        ncv_now = min(n, ncv) if ncv is not None else default_ncv(k, n)
-        nev = k
+        try:
+            W_local = self._unit_eigenspace(A, which, tol, ranges)
+        except BaseException:
+            M.destroy()
+            raise
+        r_locked = 0 if W_local is None else int(W_local.shape[1])
+        if r_locked >= k:  # every wanted eigenvalue is 1 (a reducible chain): nothing left for SLEPc
+            M.destroy()
+            W_all = self._gather_rows(W_local, ranges)[:, :k]
+            return SchurResult(
+                status=Status.CONVERGED,
+                iterations=0,
+                matvecs=0,
+                seconds=time.perf_counter() - started,
+                backend=self.name,
+                Q=W_all,
+                R=np.eye(k),
+                eigenvalues=np.ones(k, dtype=complex),
+                residual_norms=np.zeros(k),
+                which=which,
+            )
+        ncv_now = min(n - r_locked, ncv) if ncv is not None else default_ncv(k - r_locked, n - r_locked)
+        nev = k - r_locked
         slepc_tol = _SLEPC_TOL_MARGIN * tol
         try:
             norm_bound = float(np.sqrt(M.norm(PETSc.NormType.NORM_1) * M.norm(PETSc.NormType.NORM_INFINITY)))
@@ -558,6 +563,14 @@ class PetscBackend(Backend):
                     eps.setDimensions(nev=nev, ncv=max(ncv_now, min(n, nev + 1)), mpd=max(ncv_now, min(n, nev + 1)))
                     eps.setTolerances(tol=slepc_tol, max_it=maxiter)
                     eps.setConvergenceTest(SLEPc.EPS.Conv.NORM)
+                    deflation = []
+                    if W_local is not None:
+                        # the known invariant subspace of the eigenvalue 1: SLEPc searches its complement
+                        for j in range(r_locked):
+                            d = M.createVecRight()
+                            d.setArray(np.ascontiguousarray(W_local[:, j]))
+                            deflation.append(d)
+                        eps.setDeflationSpace(deflation)
                     with self._options_applied():
                         eps.setFromOptions()
                     eps.solve()
@@ -566,6 +579,8 @@ class PetscBackend(Backend):
                     iterations = int(eps.getIterationNumber())
                     eps_type = eps.getType()
                     vecs = eps.getInvariantSubspace() if nconv > 0 else []  # before any eigenvector!
+                    vecs = deflation + list(vecs)  # Q = [W, U]: U is orthogonal to W
+                    nconv += r_locked
                     # Q and A Q on the host (every rank); R = Q^T A Q is nconv x nconv.
                     local_q = np.column_stack([v.getArray(readonly=True).copy() for v in vecs]) if vecs else None
                     local_aq = None
@@ -656,12 +671,22 @@ class PetscBackend(Backend):
         )
 
     # ---------------------------------------------------------------- linear solves (KSP)
+    implements = frozenset({"solve.ksp", "solve.direct", "schur", "eig"})
+
+    def factorize(self, A: Any) -> Any:
+        """Nothing to keep: PCLU is factorised inside each KSP set-up (``solve_factorized`` does it)."""
+        return None
+
+    def solve_factorized(self, factor: Any, A: Any, B: Any) -> SolveResult:
+        """KSPPREONLY + PCLU (MUMPS on several ranks)."""
+        return self.solve_ksp(A, B, ksp_type="preonly", pc_type="lu")
+
     def solve(
         self,
         A: Any,
         B: Any,
         *,
-        method: str = "gmres",
+        method: Any = "gmres",
         tol: float = 1e-10,
         maxiter: int | None = None,
         preconditioner: str | None = None,
@@ -708,8 +733,10 @@ class PetscBackend(Backend):
             ``iterations`` (summed over columns), ``matvecs``, ``method`` (``"ksp:<type>+pc:<type>"``,
             as actually used after the options database).
         """
-        PETSc, _ = self._start()
-        started = time.perf_counter()
+        from cellfate_gpu.linalg.solvers import Solver
+
+        if isinstance(method, Solver):
+            return super().solve(A, B, method=method, tol=tol, maxiter=maxiter, x0=x0)
         method = "gmres" if method in ("auto", "block_gmres") else method
         if method not in _KSP_METHODS:
             raise ValueError(
@@ -720,11 +747,39 @@ class PetscBackend(Backend):
         ):
             raise ValueError(
                 f"preconditioner must be None or one of {tuple(_PRECONDITIONERS)} on the 'petsc' backend, "
-                f"got {preconditioner!r} (other PETSc PCs: petsc_options={{'pc_type': ...}} or -pc_type)."
+                f"got {preconditioner!r} (other PETSc PCs: KSP(pc_type=...), petsc_options={{'pc_type': ...}} "
+                "or -pc_type)."
             )
+        pc_type = "lu" if method == "direct" else None if preconditioner is None else _PRECONDITIONERS[preconditioner]
+        return self.solve_ksp(
+            A, B, ksp_type=_KSP_METHODS[method], pc_type=pc_type, tol=tol, maxiter=maxiter, x0=x0, restart=restart
+        )
+
+    def solve_ksp(
+        self,
+        A: Any,
+        B: Any,
+        *,
+        ksp_type: str = "gmres",
+        pc_type: str | None = None,
+        options: Mapping[str, str | None] | None = None,
+        tol: float = 1e-10,
+        maxiter: int | None = None,
+        x0: Any = None,
+        restart: int | None = None,
+    ) -> SolveResult:
+        """One PETSc KSP of type ``ksp_type`` with PC ``pc_type`` (``None``: PETSc's default) for all columns.
+
+        ``options`` go into PETSc's options database for this set-up only (after this backend's
+        own and the scoped ones of :meth:`using_options`). ``ksp_type="preonly"`` is a direct
+        solve (PC ``"lu"`` by default). Otherwise as :meth:`solve`.
+        """
+        PETSc, _ = self._start()
+        started = time.perf_counter()
+        direct = ksp_type == "preonly"
         comm = PETSc.COMM_WORLD
         nranks = comm.getSize()
-        if method == "direct" and nranks > 1 and not _has_parallel_lu(PETSc):
+        if direct and (pc_type or "lu") == "lu" and nranks > 1 and not _has_parallel_lu(PETSc):
             raise ValueError(
                 "method='direct' on several ranks needs PETSc built with MUMPS or SuperLU_dist "
                 "(--download-mumps); use method='gmres' or 'bcgs'."
@@ -759,26 +814,25 @@ class PetscBackend(Backend):
             b, x, r = M.createVecLeft(), M.createVecRight(), M.createVecLeft()
             try:
                 ksp.setOperators(M)
-                ksp.setType(_KSP_METHODS[method])
+                ksp.setType(ksp_type)
                 pc = ksp.getPC()
-                if method == "direct":
-                    pc.setType(PETSc.PC.Type.LU)
-                    if nranks > 1:
+                if direct:
+                    pc.setType(pc_type or PETSc.PC.Type.LU)
+                    if nranks > 1 and (pc_type or "lu") == "lu":
                         pc.setFactorSolverType("mumps")
-                elif preconditioner is not None:
-                    pc_type = _PRECONDITIONERS[preconditioner]
+                elif pc_type is not None:
                     if pc_type == "ilu" and nranks > 1:
                         info("    preconditioner='ilu' on %d ranks: block Jacobi with ILU(0) blocks", nranks)
                         pc_type = "bjacobi"
                     pc.setType(pc_type)
-                if method != "direct":
+                if not direct:
                     ksp.setPCSide(PETSc.PC.Side.RIGHT)
                     ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
-                    if method == "gmres" and restart is not None:
+                    if ksp_type == "gmres" and restart is not None:
                         ksp.setGMRESRestart(int(restart))
                 ksp.setTolerances(rtol=tol, atol=1e-50, max_it=maxiter)
                 ksp.setInitialGuessNonzero(x_local0 is not None)
-                with self._options_applied():
+                with self._options_applied(options):
                     ksp.setFromOptions()
                 ksp.setUp()
                 used = f"ksp:{ksp.getType()}+pc:{ksp.getPC().getType()}"
@@ -808,7 +862,7 @@ class PetscBackend(Backend):
         statuses = [_ksp_status(PETSc, reason) for reason in reasons]
         status = max(statuses, key=lambda s: _STATUS_RANK[s]) if statuses else Status.CONVERGED
         message = ""
-        if status is Status.CONVERGED and np.any(res > 100.0 * tol) and method != "direct":
+        if status is Status.CONVERGED and np.any(res > 100.0 * tol) and not direct:
             status = Status.BREAKDOWN
             message = f"KSP reported convergence but the true relative residual is {float(np.max(res)):.3g}"
         bad = sorted({_reason_name(PETSc, r) for r in reasons if r <= 0})
@@ -825,6 +879,25 @@ class PetscBackend(Backend):
             method=used,
             message=message,
         )
+
+
+#: Options of the innermost ``PetscBackend.using_options`` block (scoped, not a process-wide setting).
+_SCOPED_OPTIONS: contextvars.ContextVar[Mapping[str, str | None]] = contextvars.ContextVar(
+    "petsc_options", default=types.MappingProxyType({})
+)
+
+
+def _normalise_options(options: Mapping[str, Any]) -> dict[str, str | None]:
+    """PETSc option names without dashes; ``None``/``True`` set a flag, ``False`` is ``"false"``."""
+    if not isinstance(options, Mapping):
+        raise TypeError(f"options must be a mapping of PETSc option names to values, got {type(options).__name__}.")
+    out: dict[str, str | None] = {}
+    for key, value in options.items():
+        name = str(key).lstrip("-")
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"Invalid PETSc option name {key!r}.")
+        out[name] = None if value is None or value is True else "false" if value is False else str(value)
+    return out
 
 
 _STATUS_RANK = {Status.CONVERGED: 0, Status.MAX_ITER: 1, Status.BREAKDOWN: 2, Status.NONFINITE_INPUT: 3}

@@ -59,7 +59,7 @@ class _Result:
         changes = {
             f.name: _host(getattr(self, f.name))
             for f in dataclasses.fields(self)
-            if f.name not in {"status", "iterations", "matvecs", "seconds", "backend", "method", "message"}
+            if f.name not in {"status", "iterations", "matvecs", "seconds", "backend", "method", "message", "prepared"}
         }
         return dataclasses.replace(self, **changes)
 
@@ -76,12 +76,19 @@ class SolveResult(_Result):
         Host array of relative residuals :math:`\\|b_j - A x_j\\| / \\|b_j\\|`, one per column.
     method
         The method actually used (``"gmres"``, ``"direct"``, ``"ksp:gmres"``, ...).
+    message
+        Why the status is not ``CONVERGED`` (empty otherwise).
+    prepared
+        The :class:`~cellfate_gpu.linalg.solvers.Prepared` solver that produced ``X``: pass it as
+        ``solver=`` to solve again with the same matrix without repeating the set-up (the
+        factorisation or multigrid hierarchy lives here, not in a global).
     """
 
     X: Any = None
     residual_norms: np.ndarray | None = None
     method: str = ""
     message: str = ""
+    prepared: Any = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Any, final
 
@@ -19,9 +20,10 @@ __all__ = ["ScipyBackend"]
 class ScipyBackend(Backend):
     """CPU backend over NumPy/SciPy; native matrices are canonical ``scipy.sparse.csr_matrix``.
 
-    Offers ``method="direct"`` (SuperLU via :func:`scipy.sparse.linalg.splu`, one factorisation
-    for all right-hand sides) and ``preconditioner="ilu"`` (:func:`scipy.sparse.linalg.spilu`)
-    besides the generic block GMRES.
+    Implements, besides the generic block GMRES, :class:`~cellfate_gpu.linalg.solvers.Direct`
+    (SuperLU via :func:`scipy.sparse.linalg.splu`, one factorisation for all right-hand sides, kept
+    in the prepared solver), SciPy's Krylov solvers, and the ILU
+    (:func:`scipy.sparse.linalg.spilu`) and AMG (pyamg) preconditioners.
     """
 
     name = "scipy"
@@ -113,63 +115,29 @@ class ScipyBackend(Backend):
         return sp.identity(n, dtype=dtype or np.float64, format="csr")
 
     # heavy operations
-    def solve(self, A, B, *, method="gmres", tol=1e-10, maxiter=None, preconditioner=None, x0=None, restart=None):
-        if method == "direct":
-            return _direct_solve(A, B)
-        if preconditioner == "ilu":
-            preconditioner = _ilu_preconditioner(A)
-        return super().solve(
-            A,
-            B,
-            method="gmres" if method in {"gmres", "block_gmres"} else method,
-            tol=tol,
-            maxiter=maxiter,
-            preconditioner=preconditioner,
-            x0=x0,
-            restart=restart,
-        )
+    implements = Backend.implements | {"solve.direct", "solve.scipy_krylov", "precond.ilu", "precond.amg"}
+
+    def can_run(self, operation: str) -> tuple[bool, str]:
+        if operation == "precond.amg" and importlib.util.find_spec("pyamg") is None:
+            return False, "pyamg is not installed (pip install pyamg)"
+        return super().can_run(operation)
+
+    def factorize(self, A: Any) -> Any:
+        """SuperLU of ``A`` (COLAMD ordering); ``None`` with the reason if ``A`` is exactly singular."""
+        try:
+            return spla.splu(sp.csc_matrix(A))
+        except RuntimeError as err:  # "Factor is exactly singular"
+            return err
+
+    def solve_factorized(self, factor: Any, A: Any, B: Any) -> SolveResult:
+        """All right-hand sides with one factorisation, one step of iterative refinement, residuals checked."""
+        return _direct_solve(factor, A, B)
 
 
-def _ilu_preconditioner(A):
-    """Incomplete LU of ``A`` as a block operator ``M^{-1} X`` (SuperLU's ILUTP)."""
-    ilu = spla.spilu(sp.csc_matrix(A), drop_tol=1e-5, fill_factor=10)
-
-    def apply(X):
-        return ilu.solve(np.asarray(X))
-
-    return apply
-
-
-#: The last SuperLU factorisation, keyed by a fingerprint of its matrix. Absorption times solve
-#: with the same ``I - Q`` two or three times; at 100k cells one factorisation takes ~9 s here.
-_LAST_LU: tuple[tuple, Any] | None = None
-
-
-def _fingerprint(A: sp.csr_matrix | sp.csr_array) -> tuple:
-    """Shape, nnz and hashes of the CSR arrays: equal matrices, equal fingerprints (O(nnz), ~ms)."""
-    A = sp.csr_matrix(A)
-    return (A.shape, A.nnz, hash(A.indptr.tobytes()), hash(A.indices.tobytes()), hash(A.data.tobytes()))
-
-
-def _splu(A) -> Any:
-    """SuperLU of ``A``, reused when the same matrix was factorised last."""
-    global _LAST_LU
-    key = _fingerprint(A)
-    if _LAST_LU is not None and _LAST_LU[0] == key:
-        return _LAST_LU[1]
-    _LAST_LU = None  # release the old factors before building new ones
-    lu = spla.splu(sp.csc_matrix(A))
-    _LAST_LU = (key, lu)
-    return lu
-
-
-def _direct_solve(A, B) -> SolveResult:
-    """One SuperLU factorisation (reused for the same matrix), all right-hand sides, residuals checked."""
+def _direct_solve(lu: Any, A: Any, B: Any) -> SolveResult:
     start = time.perf_counter()
     B = np.asarray(B)
-    try:
-        lu = _splu(A)
-    except RuntimeError as err:  # "Factor is exactly singular"
+    if isinstance(lu, Exception):
         return SolveResult(
             status=Status.BREAKDOWN,
             iterations=0,
@@ -179,20 +147,27 @@ def _direct_solve(A, B) -> SolveResult:
             X=np.full(B.shape, np.nan),
             residual_norms=np.full(1 if B.ndim == 1 else B.shape[1], np.inf),
             method="direct",
-            message=str(err),
+            message=f"SuperLU: {lu}",
         )
-    X = lu.solve(B.astype(np.result_type(B.dtype, A.dtype, np.float64), copy=False))
+    B = B.astype(np.result_type(B.dtype, A.dtype, np.float64), copy=False)
+    X = lu.solve(B)
     Bm, Xm = B.reshape(B.shape[0], -1), X.reshape(X.shape[0], -1)
     bnorm = np.linalg.norm(Bm, axis=0)
-    res = np.linalg.norm(Bm - A @ Xm, axis=0) / np.where(bnorm > 0, bnorm, 1.0)
+    scale = np.where(bnorm > 0, bnorm, 1.0)
+    R = Bm - A @ Xm
+    with np.errstate(invalid="ignore", over="ignore"):
+        Xm = Xm + lu.solve(R).reshape(Xm.shape)  # one step of refinement: cheap next to the factorisation
+        res = np.linalg.norm(Bm - A @ Xm, axis=0) / scale
+    X = Xm.reshape(X.shape)
     status = Status.CONVERGED if np.all(np.isfinite(X)) else Status.BREAKDOWN
     return SolveResult(
         status=status,
         iterations=1,
-        matvecs=Xm.shape[1],
+        matvecs=2 * Xm.shape[1],
         seconds=time.perf_counter() - start,
         backend="scipy",
         X=X,
         residual_norms=res,
         method="direct",
+        message="" if status is Status.CONVERGED else "SuperLU gave non-finite values (A is numerically singular)",
     )

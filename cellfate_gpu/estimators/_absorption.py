@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellfate_gpu._logging import info
 from cellfate_gpu.backends import SolveResult, get_backend
-from cellfate_gpu.linalg import solve
+from cellfate_gpu.linalg import Prepared, Solver, solve, solver_from_name
 from cellfate_gpu.lineage import Lineage
 
 __all__ = ["fate_probabilities", "absorption_times", "lineage_priming", "terminal_indicator"]
@@ -171,19 +172,66 @@ def _prepare(backend, T, terminal_states, keys):
     return be, T, absorbing, names, groups, transient, A, RS
 
 
-def _checked_solve(be, T, A, B, absorbing, index, **kw) -> SolveResult:
-    result = solve(A, B, backend=be, throw=False, **kw)
+def _checked_solve(be, T, A, B, absorbing, index, *, solver, tol, maxiter) -> SolveResult:
+    """One block solve with ``(I - Q)``; a reducible chain or a non-converged solve raises with what to try.
+
+    ``solver`` may be the ``prepared`` solver of an earlier solve: it is reused when ``A`` is the
+    same matrix, and prepared afresh from its value otherwise.
+    """
+    if isinstance(solver, Prepared):
+        try:
+            solver.prepare(be, A)
+        except ValueError:
+            info("    The kept %r belongs to another system; preparing it for this one", solver.solver)
+            solver = solver.solver
+    result = solve(A, B, solver=solver, tol=tol, maxiter=maxiter, backend=be, throw=False)
     if not result.converged:
         err = _reducible_error(be, T, absorbing, index)
         if err is not None:
             raise err
         worst = float(np.max(result.residual_norms)) if result.residual_norms is not None else float("nan")
+        why = f" ({result.message})" if result.message else ""
         raise RuntimeError(
-            f"The absorption solve did not converge (status={result.status.value}, method={result.method!r}, "
-            f"worst relative residual {worst:.3g}, tol={kw.get('tol')}). Try a larger maxiter, "
-            "preconditioner='ilu' (scipy) or 'jacobi', a looser tol, or method='direct'."
+            f"The absorption solve did not converge (status={result.status.value}, solver={result.prepared.solver!r}, "
+            f"worst relative residual {worst:.3g}, tol={tol:g}, {result.iterations} iterations){why}. Try: "
+            "solver=GMRES(restart=100, preconditioner=AMG()) (pyamg) or preconditioner='ilu' (scipy) / 'jacobi'; "
+            "a larger maxiter; a looser tol; or solver='direct' on small systems. If a direct solve fails too, "
+            "(I - Q) is numerically singular: some transient cells sit in a region the walk practically never "
+            "leaves (a metastable state that is not among the terminal states); check the macrostates and the "
+            "terminal states (e.g. more macrostates, or set_terminal_states)."
         )
     return result
+
+
+def _check_distributions(be, T, absorbing, index, X: np.ndarray, tol: float, check_sum_tol: float) -> None:
+    """Fate probabilities must be distributions (within ``check_sum_tol``), else a clear error."""
+    sums = X.sum(axis=1)
+    if not np.all(np.abs(sums - 1.0) <= check_sum_tol):  # a singular system can overshoot, too
+        err = _reducible_error(be, T, absorbing, index)
+        if err is not None:
+            raise err
+    finite = bool(np.all(np.isfinite(X)))
+    worst_sum = float(np.max(np.abs(sums - 1.0))) if finite else float("inf")
+    most_negative = float(X.min()) if finite else float("nan")
+    if not finite or worst_sum > check_sum_tol or most_negative < -check_sum_tol:
+        raise RuntimeError(
+            f"Fate probabilities are not distributions: min entry {most_negative:.3g}, max |row sum - 1| "
+            f"{worst_sum:.3g} (check_sum_tol={check_sum_tol:g}). Try a smaller tol (now {tol:g}), "
+            "preconditioner='ilu' (scipy) or 'jacobi', or method='direct'. If method='direct' fails too, "
+            "(I - Q) is numerically singular: some transient cells sit in a region the walk practically "
+            "never leaves (a metastable state that is not among the terminal states); check the macrostates "
+            "and the terminal states (e.g. more macrostates, or set_terminal_states)."
+        )
+
+
+def _solver_value(solver: Any, method: str | None, preconditioner: Any, restart: int | None, maxiter, be) -> Any:
+    """The solver for the absorption solves: a value, or names mapped by ``solver_from_name`` (one place)."""
+    if isinstance(solver, Solver):
+        if preconditioner is not None or restart is not None:
+            raise ValueError(f"Set preconditioner and restart inside the solver value {solver!r}.")
+        return solver
+    name = method if method is not None else solver if solver is not None else "auto"
+    return solver_from_name(name, preconditioner=preconditioner, restart=restart, maxiter=maxiter, backend=be)
 
 
 # ---------------------------------------------------------------------- public
@@ -193,10 +241,12 @@ def fate_probabilities(
     terminal_states: pd.Series,
     *,
     keys: list[str] | None = None,
-    method: str = "auto",
+    solver: Any = None,
+    method: str | None = None,
     tol: float = 1e-10,
-    preconditioner: str | None = None,
+    preconditioner: Any = None,
     maxiter: int | None = None,
+    restart: int | None = None,
     check_sum_tol: float = 1e-3,
     colors: list[str] | None = None,
 ) -> tuple[Lineage, SolveResult]:
@@ -216,9 +266,14 @@ def fate_probabilities(
     keys
         Lineages to compute (default all categories; ``"A, B"`` merges A and B). Terminal states
         not named are treated as transient.
-    method, tol, preconditioner, maxiter
-        Passed to :func:`cellfate_gpu.linalg.solve` (``method`` ``"auto"``, ``"gmres"``,
-        ``"direct"``, ``"bcgs"``).
+    solver
+        A solver value of :mod:`cellfate_gpu.linalg.solvers` (default :class:`~.solvers.Auto`), a
+        ``result.prepared`` of an earlier solve (reused if it is the same ``I - Q``), or a name
+        (``"auto"``, ``"direct"``, ``"gmres"``, ``"lgmres"``, ``"bicgstab"``, ``"gcrotmk"``).
+    method
+        A solver name (compatibility; same names as ``solver``).
+    tol, preconditioner, maxiter, restart
+        Passed to :func:`cellfate_gpu.linalg.solve`.
     check_sum_tol
         Largest accepted deviation of a row sum from 1, and of an entry below 0. Entries in
         ``[-check_sum_tol, 0)`` are solver noise and are clipped to 0; rows are then renormalised.
@@ -228,7 +283,8 @@ def fate_probabilities(
     Returns
     -------
     (Lineage, SolveResult)
-        ``n x L`` probabilities on the host (terminal cells one-hot) and the solve's record.
+        ``n x L`` probabilities on the host (terminal cells one-hot) and the solve's record, whose
+        ``prepared`` solver :func:`absorption_times` can reuse.
 
     Raises
     ------
@@ -243,25 +299,10 @@ def fate_probabilities(
         raise ValueError(f"check_sum_tol must be positive, got {check_sum_tol!r}.")
     index = terminal_states.index
     be, T, absorbing, names, groups, transient, A, RS = _prepare(backend, T, terminal_states, keys)
-    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter)
-    result = _checked_solve(be, T, A, RS, absorbing, index, **kw)
+    value = _solver_value(solver, method, preconditioner, restart, maxiter, be)
+    result = _checked_solve(be, T, A, RS, absorbing, index, solver=value, tol=tol, maxiter=maxiter)
     X = be.to_host(result.X).reshape(transient.size, len(names))
-    sums = X.sum(axis=1)
-    if not np.all(np.abs(sums - 1.0) <= check_sum_tol):  # a singular system can overshoot, too
-        err = _reducible_error(be, T, absorbing, index)
-        if err is not None:
-            raise err
-    worst_sum = float(np.max(np.abs(sums - 1.0)))
-    most_negative = float(X.min())
-    if not np.all(np.isfinite(X)) or worst_sum > check_sum_tol or most_negative < -check_sum_tol:
-        raise RuntimeError(
-            f"Fate probabilities are not distributions: min entry {most_negative:.3g}, max |row sum - 1| "
-            f"{worst_sum:.3g} (check_sum_tol={check_sum_tol:g}). Try a smaller tol (now {tol:g}), "
-            "preconditioner='ilu' (scipy) or 'jacobi', or method='direct'. If method='direct' fails too, "
-            "(I - Q) is numerically singular: some transient cells sit in a region the walk practically "
-            "never leaves (a metastable state that is not among the terminal states); check the macrostates "
-            "and the terminal states (e.g. more macrostates, or set_terminal_states)."
-        )
+    _check_distributions(be, T, absorbing, index, X, tol, check_sum_tol)
     X = np.clip(X, 0.0, 1.0)
     X /= X.sum(axis=1, keepdims=True)
     probs = np.zeros((T.shape[0], len(names)))
@@ -273,20 +314,31 @@ def fate_probabilities(
     return Lineage(probs, names=names, colors=colors), result
 
 
-def absorption_times(
+def absorption_times(backend: Any, T: Any, terminal_states: pd.Series, keys: list[str] | None = None, **kwargs: Any):
+    r"""Expected number of steps until absorption (and its variance), per lineage.
+
+    See :func:`_absorption_times` for the parameters; this returns only the frame.
+    """
+    return _absorption_times(backend, T, terminal_states, keys, **kwargs)[0]
+
+
+def _absorption_times(
     backend: Any,
     T: Any,
     terminal_states: pd.Series,
     keys: list[str] | None = None,
     *,
     calculate_variance: bool = False,
-    method: str = "auto",
+    solver: Any = None,
+    method: str | None = None,
     tol: float = 1e-10,
-    preconditioner: str | None = None,
+    preconditioner: Any = None,
     maxiter: int | None = None,
+    restart: int | None = None,
+    check_sum_tol: float = 1e-3,
     index: Any = None,
-) -> pd.DataFrame:
-    r"""Expected number of steps until absorption (and its variance), per lineage.
+) -> tuple[pd.DataFrame, SolveResult]:
+    r"""Expected number of steps until absorption (and its variance), per lineage, and the first solve's record.
 
     Every terminal state named in ``keys`` is absorbing. Column ``{lin}_mean`` is
     :math:`E[\tau \mid \text{absorbed in } lin] = (N b_l) / b_l`; ``{lin}_var`` (with
@@ -296,8 +348,9 @@ def absorption_times(
 
     Parameters
     ----------
-    backend, T, terminal_states, keys, method, tol, preconditioner, maxiter
-        As in :func:`fate_probabilities`.
+    backend, T, terminal_states, keys, solver, method, tol, preconditioner, maxiter, restart, check_sum_tol
+        As in :func:`fate_probabilities`; ``solver`` may be the ``prepared`` solver of
+        :func:`fate_probabilities` on the same terminal states, which skips the set-up.
     calculate_variance
         Also compute the variance (one more block solve).
     index
@@ -305,32 +358,53 @@ def absorption_times(
 
     Returns
     -------
-    pandas.DataFrame
+    (pandas.DataFrame, SolveResult)
         ``n_cells`` rows; ``{lin}_mean`` (and ``{lin}_var``) per lineage. Absorbing cells get 0;
-        transient cells that never end in ``lin`` get NaN.
+        transient cells that never end in ``lin`` get NaN. The record of the first block solve
+        (with its ``prepared`` solver).
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        As :func:`fate_probabilities`: the first solve *is* the fate-probability solve and is
+        checked the same way (a system that one rejects the other rejects too), and the times must
+        come out finite and non-negative.
 
     Notes
     -----
-    Three block solves with ``L`` columns each (:math:`b`, :math:`u`, :math:`w`); the results come to
-    the host in one transfer.
+    Three block solves with ``L`` columns each (:math:`b`, :math:`u`, :math:`w`) with one set-up
+    (factorisation or hierarchy); the results come to the host in one transfer.
     """
     idx = terminal_states.index
     be, T, absorbing, names, _, transient, A, RS = _prepare(backend, T, terminal_states, keys)
-    kw = dict(method=method, tol=tol, preconditioner=preconditioner, maxiter=maxiter)
+    value = _solver_value(solver, method, preconditioner, restart, maxiter, be)
     xp = be.xp
     L = len(names)
-    Bt = xp.reshape(_checked_solve(be, T, A, RS, absorbing, idx, **kw).X, (transient.size, L))
-    U = xp.reshape(_checked_solve(be, T, A, Bt, absorbing, idx, **kw).X, (transient.size, L))
+
+    def run(rhs: Any, using: Any) -> SolveResult:
+        return _checked_solve(be, T, A, rhs, absorbing, idx, solver=using, tol=tol, maxiter=maxiter)
+
+    first = run(RS, value)
+    Bt = xp.reshape(first.X, (transient.size, L))
+    _check_distributions(be, T, absorbing, idx, be.to_host(Bt), tol, check_sum_tol)
+    U = xp.reshape(run(Bt, first.prepared).X, (transient.size, L))
     blocks = [Bt, U]
     if calculate_variance:
-        blocks.append(xp.reshape(_checked_solve(be, T, A, 2.0 * U - Bt, absorbing, idx, **kw).X, (transient.size, L)))
+        blocks.append(xp.reshape(run(2.0 * U - Bt, first.prepared).X, (transient.size, L)))
     host = be.to_host(xp.concat(blocks, axis=1) if hasattr(xp, "concat") else xp.concatenate(blocks, axis=1))
     Bh, Uh = host[:, :L], host[:, L : 2 * L]
+    if not np.all(np.isfinite(host)) or float(Uh.min()) < -check_sum_tol * max(1.0, float(np.abs(Uh).max())):
+        raise RuntimeError(
+            f"Absorption times are not finite and non-negative (min E[tau 1{{l}}] {float(np.nanmin(Uh)):.3g}, "
+            f"{int(np.sum(~np.isfinite(host)))} non-finite values): (I - Q) is numerically singular. Check the "
+            "terminal states (a metastable region that is not terminal makes the expected times explode), or "
+            "try solver='direct' on a small system."
+        )
     reach = Bh > 1e-12
     n = T.shape[0]
     out: dict[str, np.ndarray] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_t = np.where(reach, Uh / Bh, np.nan)
+        mean_t = np.where(reach, np.maximum(Uh, 0.0) / Bh, np.nan)
         if calculate_variance:
             var_t = np.where(reach, np.maximum(host[:, 2 * L :] / Bh - mean_t * mean_t, 0.0), np.nan)
     for j, name in enumerate(names):
@@ -341,7 +415,7 @@ def absorption_times(
             col = np.zeros(n)
             col[transient] = var_t[:, j]
             out[f"{name}_var"] = col
-    return pd.DataFrame(out, index=idx if index is None else index)
+    return pd.DataFrame(out, index=idx if index is None else index), first
 
 
 def lineage_priming(probs: Lineage, method: str = "kl_divergence", early_cells: Any = None) -> np.ndarray:

@@ -11,7 +11,6 @@ from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed
 from cellfate_gpu.estimators import _gpcca_core as core
 from cellfate_gpu.estimators._base import BaseEstimator
-from cellfate_gpu.linalg import partial_eig
 
 __all__ = ["CFLARE"]
 
@@ -37,20 +36,8 @@ class CFLARE(BaseEstimator):
     def compute_eigendecomposition(
         self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, **kwargs: Any
     ) -> CFLARE:
-        """Top-``k`` eigenvalues with left and right eigenvectors on T's backend."""
-        k = min(k, self.adata.n_obs - 1)
-        res = partial_eig(self._T, k, which=which, left=not only_evals, vectors=not only_evals, backend=self._backend)
-        evals = np.asarray(res.eigenvalues)
-        eig: dict[str, Any] = {
-            "D": evals,
-            "eigengap": core.eigengap(evals, alpha),
-            "params": {"which": which, "k": len(evals), "alpha": alpha},
-        }
-        if not only_evals:
-            eig["V_r"] = self._backend.to_host(res.vectors)
-            eig["V_l"] = self._backend.to_host(res.left_vectors)
-            pi = np.abs(np.real(eig["V_l"][:, 0]))
-            eig["stationary_dist"] = pi / pi.sum()
+        """Top-``k`` eigenvalues with left and right eigenvectors on T's backend (:func:`core.eigendecomposition`)."""
+        eig = core.eigendecomposition(self._backend, self._T, k, which=which, alpha=alpha, only_evals=only_evals)
         self._eigendecomposition = eig
         self.adata.uns[_keys.eigendecomposition(self.backward)] = eig
         return self
@@ -113,13 +100,4 @@ def _cluster_names(labels: np.ndarray, keep: np.ndarray, adata, cluster_key: str
     raw = [
         pd.Series(col[keep[labels == j]]).value_counts().index[0] if np.any(labels == j) else str(j) for j in range(n)
     ]
-    counts = pd.Series(raw).value_counts()
-    seen: dict[str, int] = {}
-    out = []
-    for nm in raw:
-        if counts[nm] > 1:
-            seen[nm] = seen.get(nm, 0) + 1
-            out.append(f"{nm}_{seen[nm]}")
-        else:
-            out.append(nm)
-    return out
+    return core.unique_names(raw)

@@ -11,7 +11,8 @@ from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu.estimators import _gpcca_core as core
 from cellfate_gpu.estimators._base import BaseEstimator
-from cellfate_gpu.linalg import partial_eig, partial_schur
+from cellfate_gpu.linalg import partial_schur
+from cellfate_gpu.linalg._classes import ReducibleChainError
 from cellfate_gpu.lineage import Lineage, default_colors
 
 __all__ = ["GPCCA"]
@@ -82,6 +83,42 @@ class GPCCA(BaseEstimator):
         return pd.Series(self._coarse_stationary, index=self._coarse_T.index)
 
     # ---------------------------------------------------------------- decompositions
+    def _schur_values(self, n_components: int, which: str, alpha: float, tol: float, maxiter: int | None) -> dict:
+        """The partial Schur decomposition as local values (nothing is stored: see :meth:`_commit_schur`)."""
+        n = self.adata.n_obs
+        if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer) or n_components < 1:
+            raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
+        if n < 3:
+            raise ValueError(f"A Schur decomposition for GPCCA needs at least 3 cells, got {n}.")
+        k = min(int(n_components), n - 1)
+        res = partial_schur(self._T, k, which=which, tol=tol, maxiter=maxiter, backend=self._backend)
+        Q, R = self._backend.to_host(res.Q), np.asarray(res.R)
+        X, Rp = core.eta_orthonormalize(Q, R)
+        evals = np.asarray(res.eigenvalues)
+        eig = {
+            "D": evals,
+            "eigengap": core.eigengap(evals, alpha),
+            "params": {"which": which, "k": len(evals), "alpha": alpha},
+        }
+        return {"X": X, "R": Rp, "evals": evals, "eig": eig}
+
+    def _commit_schur(self, values: dict) -> None:
+        self._schur_vectors, self._schur_matrix, self._eigenvalues = values["X"], values["R"], values["evals"]
+        self._eigendecomposition = values["eig"]
+        self.adata.obsm[_keys.schur_vectors(self.backward)] = values["X"]
+        self.adata.uns[_keys.schur_matrix(self.backward)] = values["R"]
+        self.adata.uns[_keys.eigendecomposition(self.backward)] = _h5ad_safe(values["eig"])
+
+    def _current_schur(self) -> dict | None:
+        if self._schur_vectors is None:
+            return None
+        return {
+            "X": self._schur_vectors,
+            "R": self._schur_matrix,
+            "evals": self._eigenvalues,
+            "eig": self._eigendecomposition,
+        }
+
     def compute_schur(
         self,
         n_components: int = 20,
@@ -89,84 +126,99 @@ class GPCCA(BaseEstimator):
         method: str | None = None,
         alpha: float = 1.0,
         tol: float = 1e-10,
+        maxiter: int | None = None,
         **kwargs: Any,
     ) -> GPCCA:
-        """Partial real Schur decomposition of T on its backend (:func:`cellfate_gpu.linalg.partial_schur`)."""
-        n = self.adata.n_obs
-        k = min(n_components, n - 1)
-        res = partial_schur(self._T, k, which=which, tol=tol, backend=self._backend)
-        Q, R = self._backend.to_host(res.Q), np.asarray(res.R)
-        X, Rp = core.eta_orthonormalize(Q, R)
-        evals = np.asarray(res.eigenvalues)
-        self._schur_vectors, self._schur_matrix, self._eigenvalues = X, Rp, evals
-        gap = core.eigengap(evals, alpha)
-        self._eigendecomposition = {
-            "D": evals,
-            "eigengap": gap,
-            "params": {"which": which, "k": len(evals), "alpha": alpha},
-        }
-        self.adata.obsm[_keys.schur_vectors(self.backward)] = X
-        self.adata.uns[_keys.schur_matrix(self.backward)] = Rp
-        self.adata.uns[_keys.eigendecomposition(self.backward)] = _h5ad_safe(self._eigendecomposition)
-        info("Schur decomposition: %d vectors, eigengap suggests %d states", X.shape[1], gap + 1)
+        """Partial real Schur decomposition of T on its backend (:func:`cellfate_gpu.linalg.partial_schur`).
+
+        On a reducible T the decomposition holds the eigenvalue 1 once per closed communicating
+        class (computed exactly from the class structure), so its span contains the constant vector
+        and every class's absorption probabilities. A decomposition that does not converge raises
+        :class:`~cellfate_gpu.linalg.SchurError` saying what to try (``maxiter``, ``tol``) and
+        stores nothing.
+        """
+        values = self._schur_values(n_components, which, alpha, tol, maxiter)
+        self._commit_schur(values)
+        info(
+            "Schur decomposition: %d vectors, eigengap suggests %d states",
+            values["X"].shape[1],
+            values["eig"]["eigengap"] + 1,
+        )
         return self
 
     def compute_eigendecomposition(
         self, k: int = 20, which: str = "LR", alpha: float = 1.0, only_evals: bool = False, **kwargs: Any
     ) -> GPCCA:
         """Top-``k`` eigenvalues, right/left eigenvectors, stationary distribution and eigengap."""
-        res = partial_eig(
-            self._T,
-            min(k, self.adata.n_obs - 1),
-            which=which,
-            left=not only_evals,
-            vectors=not only_evals,
-            backend=self._backend,
-        )
-        evals = np.asarray(res.eigenvalues)
-        eig = {
-            "D": evals,
-            "eigengap": core.eigengap(evals, alpha),
-            "params": {"which": which, "k": len(evals), "alpha": alpha},
-        }
-        if not only_evals:
-            V_r, V_l = self._backend.to_host(res.vectors), self._backend.to_host(res.left_vectors)
-            eig["V_r"], eig["V_l"] = V_r, V_l
-            pi = np.abs(np.real(V_l[:, 0]))
-            eig["stationary_dist"] = pi / pi.sum()
+        eig = core.eigendecomposition(self._backend, self._T, k, which=which, alpha=alpha, only_evals=only_evals)
         self._eigendecomposition = eig
         self.adata.uns[_keys.eigendecomposition(self.backward)] = _h5ad_safe(eig)
         return self
 
     # ---------------------------------------------------------------- macrostates
-    def _pick_n_states(self, n_states: Any) -> int:
+    def _closed_classes(self):
+        """Closed communicating classes of T (host graph search, O(nnz))."""
+        from cellfate_gpu.linalg._classes import chain_classes
+
+        return chain_classes(self._backend.to_scipy_csr(self._T))
+
+    def _check_n_states(self, n_states: Any) -> None:
+        """Refuse a bad ``n_states`` by name, before any heavy work."""
+        n = self.adata.n_obs
+        values = list(n_states) if isinstance(n_states, list | tuple) else [n_states]
+        if isinstance(n_states, list | tuple) and len(values) != 2:
+            raise ValueError(f"n_states as a range must be [min, max], got {n_states!r}.")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise TypeError(f"n_states must be an integer, a [min, max] pair or None, got {n_states!r}.")
+            if v < 1:
+                raise ValueError(f"n_states must be positive, got {n_states!r}.")
+            if v > n - 2:
+                raise ValueError(
+                    f"n_states={int(v)} is too large for {n} cells: GPCCA needs n_states + 1 Schur vectors and "
+                    f"at most n - 1 = {n - 1} exist, so n_states <= {n - 2}."
+                )
+        if isinstance(n_states, list | tuple) and not 2 <= values[0] <= values[1]:
+            raise ValueError(f"n_states range must satisfy 2 <= min <= max, got {n_states!r}.")
+
+    def _check_n_cells(self, n_cells: Any) -> None:
+        n = self.adata.n_obs
+        if n_cells is None:
+            return
+        if isinstance(n_cells, bool) or not isinstance(n_cells, int | np.integer):
+            raise TypeError(f"n_cells must be a positive integer or None, got {n_cells!r}.")
+        if not 1 <= n_cells <= n:
+            raise ValueError(f"n_cells={n_cells!r} must be between 1 and the number of cells ({n}).")
+
+    def _schur_with(self, m: int, current: dict | None) -> dict:
+        """Schur values with at least ``m`` vectors: ``current`` if it has them, else a new decomposition."""
+        if current is not None and current["X"].shape[1] >= min(m, self.adata.n_obs - 1):
+            return current
+        k = max(m, 20 if current is None else m)
+        return self._schur_values(k, "LR", 1.0, 1e-10, None)
+
+    def _pick_n_states(self, n_states: Any, schur: dict | None) -> tuple[int, dict]:
         if n_states is None:
-            if self._eigenvalues is None:
-                self.compute_schur()
-            n = int(self._eigendecomposition["eigengap"]) + 1
+            schur = self._schur_with(20, schur)
+            n = int(schur["eig"]["eigengap"]) + 1
             info("Using %d states based on the eigengap", n)
-            return max(n, 2)
+            return max(n, 2), schur
         if isinstance(n_states, list | tuple):
             lo, hi = int(n_states[0]), int(n_states[1])
-            if not 2 <= lo <= hi:
-                raise ValueError(f"n_states range must satisfy 2 <= min <= max, got {n_states!r}.")
-            self._ensure_schur(hi + 1)
+            schur = self._schur_with(hi + 1, schur)
             scores = {
-                m: core.min_chi(self._schur_vectors, m)
-                for m in range(lo, hi + 1)
-                if not core.splits_conjugate_pair(self._eigenvalues, m)
+                m: core.min_chi(schur["X"], m)
+                for m in range(lo, min(hi, schur["X"].shape[1]) + 1)
+                if not core.splits_conjugate_pair(schur["evals"], m)
             }
+            if not scores:
+                raise ValueError(
+                    f"No n_states in {n_states!r} avoids splitting a complex-conjugate pair of eigenvalues."
+                )
             best = max(scores, key=scores.get)
             info("minChi selected %d states from %s", best, {m: round(v, 3) for m, v in scores.items()})
-            return best
-        n = int(n_states)
-        if n < 1:
-            raise ValueError(f"n_states must be positive, got {n_states!r}.")
-        return n
-
-    def _ensure_schur(self, m: int) -> None:
-        if self._schur_vectors is None or self._schur_vectors.shape[1] < m:
-            self.compute_schur(n_components=max(m, 20 if self._schur_vectors is None else m))
+            return best, schur
+        return int(n_states), schur
 
     def compute_macrostates(
         self,
@@ -176,39 +228,65 @@ class GPCCA(BaseEstimator):
         optimizer: str = "l-bfgs",
         **kwargs: Any,
     ) -> GPCCA:
-        """Macrostates from the Schur vectors: memberships, names, colours and the coarse chain."""
+        """Macrostates from the Schur vectors: memberships, names, colours and the coarse chain.
+
+        ``n_states``, ``n_cells``, ``cluster_key`` and ``optimizer`` are checked before any work, and
+        everything is computed before anything is stored: a failing call leaves the estimator and
+        the AnnData as they were. On a reducible T every closed communicating class gets at least
+        one macrostate; fewer ``n_states`` than closed classes is refused (naming the classes).
+        """
+        return self._macrostates_from(n_states, n_cells, cluster_key, optimizer, self._current_schur())
+
+    def _macrostates_from(self, n_states, n_cells, cluster_key, optimizer, schur: dict | None) -> GPCCA:
         if optimizer not in ("l-bfgs", "nelder-mead"):
             raise ValueError(f"optimizer must be 'l-bfgs' or 'nelder-mead', got {optimizer!r}.")
-        n = self._pick_n_states(n_states)
-        self._ensure_schur(n + 1)
-        if core.splits_conjugate_pair(self._eigenvalues, n):
+        if n_states is not None:
+            self._check_n_states(n_states)
+        self._check_n_cells(n_cells)
+        if cluster_key is not None and cluster_key not in self.adata.obs:
+            raise KeyError(
+                f"No cluster annotation adata.obs[{cluster_key!r}]; available: {list(self.adata.obs.columns)}."
+            )
+        classes = self._closed_classes()
+        n, schur = self._pick_n_states(n_states, schur)
+        if n < classes.n_closed:
+            raise ReducibleChainError(
+                f"T has {classes.describe()}, so GPCCA needs at least {classes.n_closed} macrostates "
+                f"(one per closed class), got n_states={n}. Use n_states >= {classes.n_closed}, or restrict "
+                "the data to the largest component (check the kNN graph's connectivity)."
+            )
+        schur = self._schur_with(n + 1, schur)
+        if core.splits_conjugate_pair(schur["evals"], n):
             warning("%d states would split a complex-conjugate pair of eigenvalues; using %d states", n, n + 1)
             n += 1
-            self._ensure_schur(n + 1)
+            schur = self._schur_with(n + 1, schur)
+        if n > schur["X"].shape[1]:
+            raise ValueError(f"n_states={n} exceeds the {schur['X'].shape[1]} Schur vectors available.")
         n_obs = self.adata.n_obs
-        if n_cells is not None and n_cells * 1 > n_obs:
-            raise ValueError(f"n_cells={n_cells} is larger than the number of cells ({n_obs}).")
-        X = self._schur_vectors[:, :n]
+        X = schur["X"][:, :n]
         with timed("Computing %d macrostates (optimizer=%r)", n, optimizer):
             if n == 1:
                 chi, crisp = np.ones((n_obs, 1)), 1.0
             else:
                 A, crisp = core.optimize_lbfgs(X) if optimizer == "l-bfgs" else core.optimize_nelder_mead(X)
                 chi = core.memberships_from_rotation(X, A)
-            xp = self._backend.xp
             T_chi = self._backend.to_host(self._backend.spmm(self._T, self._backend.asarray(chi)))
             eta = np.full(n_obs, 1.0 / n_obs)
             coarse = core.coarse_grain(np.asarray(T_chi), chi, eta)
-            del xp
         names, assignment = _name_states(chi, n_cells, self.adata, cluster_key)
         colors = self._colors_for(names, cluster_key) if cluster_key else default_colors(n)
-        self._memberships = Lineage(chi, names=names, colors=colors)
+        memberships = Lineage(chi, names=names, colors=colors)
+        stationary = _stationary(coarse)
+        probs = _scaled_probs(chi, assignment, names)
+        # ---- everything computed: store (nothing above wrote to self or the AnnData)
+        if schur is not self._current_schur() and schur is not None:
+            self._commit_schur(schur)
+        self._memberships = memberships
         self._macrostates = assignment
         self._crispness = crisp
         self._coarse_T = pd.DataFrame(coarse, index=names, columns=names)
         self._coarse_initial = chi.T @ eta
-        self._coarse_stationary = _stationary(coarse)
-        probs = _scaled_probs(chi, assignment, names)
+        self._coarse_stationary = stationary
         self._macro_probs = probs
         key = _keys.macrostates(self.backward)
         self._write_states(key, assignment, probs, colors)
@@ -230,11 +308,18 @@ class GPCCA(BaseEstimator):
         cluster_key: str | None = None,
         **kwargs: Any,
     ) -> GPCCA:
-        """Schur decomposition (enough vectors for ``n_states``) followed by :meth:`compute_macrostates`."""
+        """Schur decomposition (enough vectors for ``n_states``) followed by :meth:`compute_macrostates`.
+
+        Arguments are checked before the decomposition, and the Schur keys are stored only with
+        the macrostates: a failing ``fit`` leaves the AnnData and the estimator untouched.
+        """
+        if n_states is not None:
+            self._check_n_states(n_states)
+        self._check_n_cells(n_cells)
         m = max(n_states) if isinstance(n_states, list | tuple) else (n_states or 0)
-        if self._schur_vectors is None or self._schur_vectors.shape[1] < m + 1:
-            self.compute_schur(n_components=max(20, m + 1))
-        return self.compute_macrostates(n_states=n_states, n_cells=n_cells, cluster_key=cluster_key, **kwargs)
+        schur = self._schur_with(max(20, m + 1), self._current_schur())
+        optimizer = kwargs.pop("optimizer", "l-bfgs")
+        return self._macrostates_from(n_states, n_cells, cluster_key, optimizer, schur)
 
     # ---------------------------------------------------------------- terminal / initial states
     def _require_macrostates(self) -> None:
@@ -429,15 +514,7 @@ def _name_states(chi: np.ndarray, n_cells: int | None, adata, cluster_key: str |
         raw = [pd.Series(col[t]).value_counts().index[0] for t in tops]
     else:
         raw = [str(j) for j in range(m)]
-    counts = pd.Series(raw).value_counts()
-    seen: dict[str, int] = {}
-    names = []
-    for nm in raw:
-        if counts[nm] > 1:
-            seen[nm] = seen.get(nm, 0) + 1
-            names.append(f"{nm}_{seen[nm]}")
-        else:
-            names.append(nm)
+    names = core.unique_names(raw)
     labels = np.full(n, None, dtype=object)
     best = np.argmax(chi, axis=1)
     for j, top in enumerate(tops):

@@ -22,9 +22,8 @@ import warnings
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
+import pandas as pd
 import scipy.optimize as sopt
-import scipy.sparse as sp
 
 from cellfate_gpu._logging import warning
 
@@ -42,7 +41,8 @@ __all__ = [
     "memberships_from_rotation",
     "min_chi",
     "coarse_grain",
-    "dense_sorted_schur",
+    "eigendecomposition",
+    "unique_names",
 ]
 
 _EPS = np.finfo(np.float64).eps
@@ -81,6 +81,53 @@ def splits_conjugate_pair(evals: np.ndarray, m: int, *, tol: float = 1e-8) -> bo
     last, nxt = ev[m - 1], ev[m]
     scale = max(1.0, abs(last))
     return abs(last.imag) > tol * scale and abs(nxt - np.conj(last)) <= 1e-6 * scale
+
+
+def eigendecomposition(backend, T: Any, k: int, *, which: str, alpha: float, only_evals: bool) -> dict:
+    r"""CellRank's eigendecomposition dict of ``T`` on its backend (GPCCA and CFLARE share it).
+
+    The ``k`` eigenvalues selected by ``which`` (:func:`cellfate_gpu.linalg.partial_eig`), with
+    right (``V_r``) and left (``V_l``) eigenvectors unless ``only_evals``, the ``eigengap`` and the
+    stationary distribution :math:`\pi \propto |\Re\, w_1|` from the first left vector.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is not an integer with ``1 <= k < n`` (named, before any work).
+    """
+    from cellfate_gpu.linalg import partial_eig
+
+    n = int(T.shape[0])
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    if n < 2:
+        raise ValueError(f"An eigendecomposition needs at least 2 cells, got {n}.")
+    res = partial_eig(T, min(int(k), n - 1), which=which, left=not only_evals, vectors=not only_evals, backend=backend)
+    evals = np.asarray(res.eigenvalues)
+    eig: dict[str, Any] = {
+        "D": evals,
+        "eigengap": eigengap(evals, alpha),
+        "params": {"which": which, "k": len(evals), "alpha": alpha},
+    }
+    if not only_evals:
+        eig["V_r"], eig["V_l"] = backend.to_host(res.vectors), backend.to_host(res.left_vectors)
+        pi = np.abs(np.real(eig["V_l"][:, 0]))
+        eig["stationary_dist"] = pi / pi.sum()
+    return eig
+
+
+def unique_names(raw: list[str]) -> list[str]:
+    """State names made unique: repeated names get ``_1``, ``_2``, ... (CellRank's convention)."""
+    counts = pd.Series(raw, dtype=object).value_counts()
+    seen: dict[str, int] = {}
+    out = []
+    for nm in raw:
+        if counts[nm] > 1:
+            seen[nm] = seen.get(nm, 0) + 1
+            out.append(f"{nm}_{seen[nm]}")
+        else:
+            out.append(nm)
+    return out
 
 
 # --------------------------------------------------------------------------------------- Schur basis
@@ -129,57 +176,6 @@ def eta_orthonormalize(Q: np.ndarray, R: np.ndarray, *, tol: float = 1e-6) -> tu
     X = np.sqrt(n) * (Q @ M)
     X[:, 0] = 1.0
     return X, M.T @ R @ M
-
-
-def dense_sorted_schur(T: Any, k: int, which: str = "LR") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Dense reference: real Schur form with the ``k`` eigenvalues selected by ``which`` leading, in order.
-
-    ``scipy.linalg.schur`` followed by LAPACK ``trsen`` reordering, one eigenvalue (or conjugate pair)
-    at a time, so that for every ``j`` the first ``j`` columns span the dominant invariant subspace.
-    Meant for small ``n`` (tests, references); complex-conjugate pairs at position ``k`` are kept
-    together (``k + 1`` columns are returned).
-
-    Returns
-    -------
-    Q, R, eigenvalues
-        ``n x k'`` orthonormal, ``k' x k'`` quasi-upper-triangular, the ``k'`` eigenvalues in order.
-    """
-    A = T.toarray() if sp.issparse(T) else np.asarray(T, dtype=np.float64)
-    R, Q = sla.schur(A, output="real")
-    n = A.shape[0]
-    key = {"LR": lambda z: -z.real, "LM": lambda z: -abs(z), "SR": lambda z: z.real, "SM": lambda z: abs(z)}[which]
-    for j in range(min(k + 1, n)):
-        ev = _quasi_eigs(R)
-        order = np.argsort([key(z) + 1e-12 * (-z.imag) for z in ev], kind="stable")
-        target = order[: j + 1]
-        select = np.zeros(n, dtype=np.int32)
-        select[target] = 1
-        # keep pairs together
-        for i in target:
-            if abs(ev[i].imag) > 0:
-                partner = np.argmin(np.abs(ev - np.conj(ev[i])) + (np.arange(n) == i) * 1e300)
-                select[partner] = 1
-        res = sla.lapack.dtrsen(select, R, Q, job="N", wantq=1)
-        R, Q = res[0], res[1]
-    ev = _quasi_eigs(R)
-    kk = k + 1 if (k < n and abs(ev[k - 1].imag) > 0 and np.isclose(ev[k], np.conj(ev[k - 1]))) else k
-    return Q[:, :kk], R[:kk, :kk], ev[:kk]
-
-
-def _quasi_eigs(R: np.ndarray) -> np.ndarray:
-    """Eigenvalues of a quasi-upper-triangular matrix in the order of its diagonal blocks."""
-    n = R.shape[0]
-    out = np.empty(n, dtype=complex)
-    i = 0
-    while i < n:
-        if i + 1 < n and abs(R[i + 1, i]) > 0:
-            out[i : i + 2] = np.linalg.eigvals(R[i : i + 2, i : i + 2])
-            out[i : i + 2] = sorted(out[i : i + 2], key=lambda z: -z.imag)
-            i += 2
-        else:
-            out[i] = R[i, i]
-            i += 1
-    return out
 
 
 # --------------------------------------------------------------------------------------- rotation

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from cellfate_gpu.backends._results import EigResult, Status
-from cellfate_gpu.linalg.krylov_schur import sort_key
+from cellfate_gpu.linalg._schur_sort import sort_key
 
 __all__ = ["eig_from_schur", "vectors_from_schur"]
 
@@ -38,6 +38,21 @@ def vectors_from_schur(backend, schur, k: int) -> tuple[np.ndarray, Any]:
     else:
         V = Q @ backend.asarray(np.ascontiguousarray(Y))
     return lam, V
+
+
+def _match(lam: np.ndarray, mu: np.ndarray) -> list[int]:
+    """For every ``lam_j`` the index of the nearest unused ``mu_i``.
+
+    A repeated eigenvalue (1 on a reducible chain) so gets distinct left vectors.
+    """
+    free = np.ones(mu.size, dtype=bool)
+    out = []
+    for lam_j in lam:
+        dist = np.where(free, np.abs(mu - lam_j), np.inf)
+        i = int(np.argmin(dist)) if free.any() else int(np.argmin(np.abs(mu - lam_j)))
+        free[i] = False
+        out.append(i)
+    return out
 
 
 def eig_from_schur(
@@ -76,7 +91,7 @@ def eig_from_schur(
         if lschur.R is not None:
             # A^T v = mu v  =>  w = conj(v) satisfies w^H A = mu w^H; pair every lambda_j with its mu.
             mu, Wt = vectors_from_schur(backend, lschur, lschur.R.shape[0])
-            pick = [int(np.argmin(np.abs(np.asarray(mu) - lam_j))) for lam_j in np.atleast_1d(lam)]
+            pick = _match(np.atleast_1d(lam), np.asarray(mu))
             W = backend.xp.take(Wt, backend.asarray(np.asarray(pick)), axis=1)
             if np.iscomplexobj(np.asarray(mu)):
                 W = backend.xp.conj(W)

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
-from scipy.linalg import lapack
 
+from cellfate_gpu._logging import debug
 from cellfate_gpu.backends._results import SchurResult, Status
+from cellfate_gpu.linalg._schur_sort import order_schur, schur_eigenvalues, sort_key, split_safe
 
 __all__ = ["default_ncv", "krylov_schur", "order_schur", "sort_key"]
 
@@ -30,80 +31,6 @@ def default_ncv(k: int, n: int) -> int:
     matrices (tests/test_linalg_generic.py).
     """
     return min(n, max(2 * k, k + 15))
-
-
-def sort_key(which: str):
-    """Return ``key(eigenvalues) -> scores``; larger score means more wanted.
-
-    ``LI``/``SI`` use the absolute imaginary part so that both members of a conjugate pair score
-    the same (a pair is never split by the selection).
-    """
-    keys = {
-        "LR": lambda z: z.real,
-        "SR": lambda z: -z.real,
-        "LM": lambda z: np.abs(z),
-        "SM": lambda z: -np.abs(z),
-        "LI": lambda z: np.abs(z.imag),
-        "SI": lambda z: -np.abs(z.imag),
-    }
-    if which not in keys:
-        raise ValueError(f"which must be one of {sorted(keys)}, got {which!r}.")
-    return keys[which]
-
-
-def _blocks(T: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, size)`` of the 1x1 and 2x2 diagonal blocks of a quasi-triangular matrix."""
-    out, i, n = [], 0, T.shape[0]
-    while i < n:
-        size = 2 if i + 1 < n and T[i + 1, i] != 0.0 else 1
-        out.append((i, size))
-        i += size
-    return out
-
-
-def _block_eigenvalue(T: np.ndarray, start: int, size: int) -> complex:
-    if size == 1:
-        return complex(T[start, start])
-    a, b, c, d = T[start, start], T[start, start + 1], T[start + 1, start], T[start + 1, start + 1]
-    disc = complex((a - d) ** 2 / 4.0 + b * c)
-    return complex((a + d) / 2.0) + np.sqrt(disc) * (1 if disc.imag >= 0 else -1)
-
-
-def order_schur(T: np.ndarray, Z: np.ndarray, which: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder a real Schur form ``S = Z T Z^T`` so that the most wanted blocks come first.
-
-    Selection sort over diagonal blocks with LAPACK ``dtrexc`` (each swap is orthogonal, so
-    ``Z T Z^T`` is unchanged); conjugate pairs stay in their 2x2 blocks. Only the leading
-    ``count`` eigenvalues are sorted (all by default).
-    """
-    key = sort_key(which)
-    T, Z = np.array(T, dtype=np.float64, order="F"), np.array(Z, dtype=np.float64, order="F")
-    n = T.shape[0]
-    count = n if count is None else min(count, n)
-    pos = 0
-    while pos < count:
-        blocks = [b for b in _blocks(T) if b[0] >= pos]
-        scores = [key(np.array([_block_eigenvalue(T, *b)]))[0] for b in blocks]
-        best = blocks[int(np.argmax(scores))]
-        if best[0] != pos:
-            T, Z, info = lapack.dtrexc(T, Z, best[0] + 1, pos + 1)
-            if info != 0:  # ill-conditioned swap: leave the rest as it is rather than lose accuracy
-                break
-        pos += 2 if pos + 1 < n and T[pos + 1, pos] != 0.0 else 1
-    return T, Z
-
-
-def _eigenvalues(T: np.ndarray) -> np.ndarray:
-    out = []
-    for start, size in _blocks(T):
-        lam = _block_eigenvalue(T, start, size)
-        out.extend([lam, lam.conjugate()] if size == 2 else [lam])
-    return np.asarray(out, dtype=np.complex128)
-
-
-def _split_safe(T: np.ndarray, p: int) -> int:
-    """Smallest ``p' >= p`` that does not cut a 2x2 block of ``T``."""
-    return p + 1 if 0 < p < T.shape[0] and T[p, p - 1] != 0.0 else p
 
 
 class _Basis:
@@ -166,8 +93,26 @@ def krylov_schur(
     ncv: int | None = None,
     v0: Any = None,
     seed: int = 0,
+    unit_eigenspace: bool = True,
 ) -> SchurResult:
     r"""Partial real Schur form :math:`A Q = Q R` of the ``k`` eigenvalues selected by ``which``.
+
+    Stochastic matrices (``which`` ``"LR"`` or ``"LM"``) first get the invariant subspace of their
+    eigenvalue 1 exactly, from the chain's closed communicating classes
+    (:func:`cellfate_gpu.linalg._classes.unit_eigenspace`): an orthonormal :math:`W` with
+    :math:`A W = W`, one column per closed class (the constant vector alone for an irreducible
+    row-stochastic :math:`T`). Krylov-Schur then runs on the deflated operator
+    :math:`(I - W W^\top) A` restricted to :math:`W^\perp`, giving :math:`(I - W W^\top) A U = U R_{22}`,
+    and the result is assembled exactly,
+
+    .. math::
+
+        A \begin{pmatrix} W & U \end{pmatrix} = \begin{pmatrix} W & U \end{pmatrix}
+        \begin{pmatrix} I_r & W^\top A U \\ 0 & R_{22} \end{pmatrix}.
+
+    So a reducible chain gets its eigenvalue 1 once per closed class, which a single-vector Krylov
+    method cannot (it sees one direction of a multiple eigenspace), and the span always holds the
+    constant vector. ``unit_eigenspace=False`` skips this.
 
     Maintains the Krylov-Schur relation :math:`A V_m = V_m S + v_{m+1} b^T` with orthonormal
     :math:`[V_m, v_{m+1}]`. Each restart factorises :math:`S = Z T Z^T` (real Schur, wanted
@@ -200,32 +145,118 @@ def krylov_schur(
     seed
         Seed of the default start vector (and of fresh vectors after an invariant subspace).
 
+    unit_eigenspace
+        Compute the eigenvalue-1 invariant subspace of a stochastic ``A`` exactly (see above).
+
     Returns
     -------
     SchurResult
         ``iterations`` counts restarts; ``residual_norms`` are the final couplings ``|b_j|``.
     """
+    sort_key(which)  # validates which
+    if unit_eigenspace and which in ("LR", "LM"):
+        from cellfate_gpu.linalg import _classes
+
+        kind = _classes.stochastic_kind(backend, A)
+        found = _classes.unit_eigenspace(backend, A, kind=kind, tol=tol) if kind is not None else None
+        if found is not None:
+            W, _ = found
+            return _deflated(backend, A, k, W, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0, seed=seed)
+    return _krylov_schur(backend, A, k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0, seed=seed)
+
+
+def _deflated(backend, A: Any, k: int, W_host: np.ndarray, *, which: str, **kw: Any) -> SchurResult:
+    """Krylov-Schur on the complement of the known invariant subspace ``W`` (``A W = W``), assembled."""
     start_time = time.perf_counter()
     xp = backend.xp
-    n = int(A.shape[0])
+    r = int(W_host.shape[1])
+    W = backend.asarray(np.ascontiguousarray(W_host))
+    if k <= r:
+        # every wanted eigenvalue is 1: any k orthonormal columns of W (the constant vector first)
+        return SchurResult(
+            status=Status.CONVERGED,
+            iterations=0,
+            matvecs=0,
+            seconds=time.perf_counter() - start_time,
+            backend=backend.name,
+            Q=W[:, :k] if k < r else W,
+            R=np.eye(k),
+            eigenvalues=np.ones(k, dtype=np.complex128),
+            residual_norms=np.zeros(k),
+            which=which,
+        )
+    rest = _krylov_schur(backend, A, k - r, which=which, locked=W, **kw)
+    if rest.Q is None:
+        return rest
+    U = rest.Q
+    AU = xp.astype(backend.spmm(A, U), xp.float64)  # float64 vectors (the precision policy of matvec)
+    C = backend.to_host(W.T @ AU)
+    kk = r + rest.R.shape[0]
+    R = np.zeros((kk, kk))
+    R[:r, :r] = np.eye(r)
+    R[:r, r:] = C
+    R[r:, r:] = rest.R
+    debug("Krylov-Schur: %d known unit eigenvector(s) locked, %d computed on their complement", r, kk - r)
+    return SchurResult(
+        status=rest.status,
+        iterations=rest.iterations,
+        matvecs=rest.matvecs + U.shape[1],
+        seconds=time.perf_counter() - start_time,
+        backend=backend.name,
+        Q=xp.concat([W, U], axis=1),
+        R=R,
+        eigenvalues=np.concatenate([np.ones(r, dtype=np.complex128), np.asarray(rest.eigenvalues)]),
+        residual_norms=np.concatenate([np.zeros(r), np.asarray(rest.residual_norms)]),
+        which=which,
+    )
+
+
+def _krylov_schur(
+    backend,
+    A: Any,
+    k: int,
+    *,
+    which: str,
+    tol: float,
+    maxiter: int | None,
+    ncv: int | None,
+    v0: Any,
+    seed: int,
+    locked: Any = None,
+) -> SchurResult:
+    """The Krylov-Schur iteration; with ``locked`` (orthonormal ``W``, ``A W = W``) on ``W``'s complement."""
+    start_time = time.perf_counter()
+    xp = backend.xp
+    n_full = int(A.shape[0])
+    n = n_full - (0 if locked is None else int(locked.shape[1]))  # dimension of the search space
     m = min(n, ncv) if ncv is not None else default_ncv(k, n)
     m = max(m, min(n, k + 2))
     maxiter = maxiter if maxiter is not None else max(100, 10 * n // max(m, 1))
     mutable = getattr(backend, "mutable_arrays", True)
     rng = np.random.default_rng(seed)
-    sort_key(which)  # validates which
+
+    def project(v: Any) -> Any:
+        """Remove the components along the locked vectors (twice: CGS2)."""
+        if locked is None:
+            return v
+        for _ in range(2):
+            v = v - locked @ (locked.T @ v)
+        return v
 
     def fresh_vector() -> Any:
-        return backend.asarray(rng.standard_normal(n))
+        return project(backend.asarray(rng.standard_normal(n_full)))
 
     def matvec(v: Any) -> Any:
-        return xp.astype(backend.spmm(A, xp.astype(v, A.dtype) if A.dtype != xp.float64 else v), xp.float64)
+        # Precision policy (as in gmres.py): the Krylov vectors stay float64 whatever the storage
+        # type; a float32 matrix is widened inside the backend's SpMM, never the vector narrowed.
+        w = xp.astype(backend.spmm(A, v), xp.float64)
+        return w if locked is None else w - locked @ (locked.T @ w)
 
     if v0 is None:
         v = fresh_vector()
     else:
         v = backend.asarray(v0) if isinstance(v0, np.ndarray) else v0
-    v = xp.astype(v, xp.float64)
+    v = project(xp.astype(v, xp.float64))
     v = v / xp.linalg.vector_norm(v)
     basis = _Basis(xp, v, m + 1, mutable)
     basis.set(0, v)
@@ -256,6 +287,11 @@ def krylov_schur(
                 h2 = Vj.T @ w
                 w = w - Vj @ h2
                 h = h + h2
+                beta = xp.linalg.vector_norm(w)
+            if locked is not None:
+                # Gram-Schmidt against V reintroduces V's rounding-level components along the locked
+                # vectors; without this pass they accumulate over restarts (Q^T Q off by 5e-12).
+                w = project(w)
                 beta = xp.linalg.vector_norm(w)
             # A zero beta means an invariant subspace; it is detected on the host at the restart.
             safe = xp.where(beta > 0, beta, xp.asarray(1.0, dtype=xp.float64, device=_device(w)))
@@ -290,7 +326,7 @@ def krylov_schur(
         while nconv < min(k, m_eff) and abs(b[nconv]) <= threshold:
             nconv += 1
         restarts += 1
-        k_out = _split_safe(T, min(k, m_eff))
+        k_out = split_safe(T, min(k, m_eff))
         if nconv >= min(k, m_eff) and m_eff >= k:
             # converged: also the partner of a pair at the boundary must be converged
             if k_out == k or abs(b[k]) <= threshold:
@@ -315,7 +351,7 @@ def krylov_schur(
         else:
             p = min(nconv + max((m - nconv) // 2, 1), m - 1)
             p = max(p, min(k, m - 1))
-            p = _split_safe(T, p)
+            p = split_safe(T, p)
             if p >= m:
                 p = m - 2 if T[m - 1, m - 2] != 0.0 else m - 1
             b[:nconv] = 0.0  # locking: converged couplings are deflated exactly
@@ -335,11 +371,11 @@ def krylov_schur(
             backend=backend.name,
             which=which,
         )
-    k_out = _split_safe(T, min(k, T.shape[0]))
+    k_out = split_safe(T, min(k, T.shape[0]))
     Zd = backend.asarray(np.ascontiguousarray(Z[:, :k_out]))
     Q = basis.first(Z.shape[0]) @ Zd
     R = np.array(T[:k_out, :k_out])
-    eigenvalues = _eigenvalues(R)
+    eigenvalues = schur_eigenvalues(R)
     return SchurResult(
         status=status,
         iterations=restarts,

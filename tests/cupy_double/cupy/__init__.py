@@ -13,26 +13,42 @@ import numpy as _np
 from . import _double
 from ._double import TRANSFER_BYTES, TRANSFERS, Device, ndarray, reset_transfers, ufunc  # noqa: F401
 
-__version__ = "13.99.0+double"
+__version__ = "14.0.0+double"
 IS_DOUBLE = True
 
-# Functions NumPy has and CuPy does not (or that read/write host files); absent from the double too.
-_NOT_IN_CUPY = {
-    "asarray_chkfinite", "asmatrix", "bmat", "busday_count", "busday_offset", "datetime_as_string",
-    "datetime_data", "fromfile", "fromfunction", "fromiter", "fromregex", "frombuffer", "fromstring",
-    "genfromtxt", "get_include", "getbufsize", "geterr", "geterrcall", "info", "is_busday", "load",
-    "loadtxt", "mask_indices", "nested_iters", "save", "savetxt", "savez", "savez_compressed",
-    "setbufsize", "seterr", "seterrcall", "show_config", "show_runtime", "test", "typename",
-    "set_printoptions", "get_printoptions", "printoptions", "format_float_positional",
-    "format_float_scientific", "array2string", "array_repr", "array_str", "place", "putmask",
-    "piecewise", "polyder", "polyint", "polydiv", "poly", "polysub", "polymul", "polyadd",
-    "apply_over_axes", "apply_along_axis", "frompyfunc", "iterable", "asanyarray", "require",
-    "ascontiguousarray", "asfortranarray", "copyto", "from_dlpack",
+# NumPy names CuPy 14 does not define: every name of ``numpy.__all__`` (NumPy 2.4) that
+# ``cupy/__init__.py`` at tag v14.0.0 neither imports nor assigns (read from that file; CuPy's
+# module ``__getattr__`` at cupy/__init__.py:1132-1136 raises AttributeError for them). Note that
+# CuPy 14 *does* have ``concat`` and ``permute_dims`` (cupy/__init__.py:274 and :254; CuPy 13.6 has
+# neither), but not ``vecdot``, ``matrix_transpose``, ``isdtype``, ``unstack``, ``cumulative_sum``.
+NOT_IN_CUPY_14 = frozenset({
+    "False_", "ScalarType", "True_", "__array_namespace_info__", "asmatrix", "block", "bmat",
+    "busday_count", "busday_offset", "busdaycalendar", "bytes_", "char", "character", "clongdouble",
+    "complex256", "core", "ctypeslib", "cumulative_prod", "cumulative_sum", "datetime64",
+    "datetime_as_string", "datetime_data", "einsum_path", "emath", "errstate", "f2py", "flexible",
+    "float128", "frompyfunc", "fromregex", "geomspace", "get_include", "getbufsize", "geterr",
+    "geterrcall", "histogram_bin_edges", "info", "insert", "is_busday", "isdtype", "isnat", "lib",
+    "little_endian", "longdouble", "ma", "matrix", "matrix_transpose", "matvec", "memmap",
+    "nanpercentile", "nanquantile", "ndenumerate", "nditer", "nested_iters", "object_", "polyder",
+    "polydiv", "polyint", "rec", "recarray", "record", "sctypeDict", "setbufsize", "seterr",
+    "seterrcall", "show_runtime", "spacing", "str_", "strings", "test", "timedelta64", "typecodes",
+    "typing", "unstack", "vecdot", "vecmat", "void",
+})  # fmt: skip
+# Functions CuPy has but the double leaves out: they read or write host files or print host state,
+# so wrapping NumPy's would hide a host round trip.
+_HOST_ONLY = {
+    "asarray_chkfinite", "fromfile", "fromfunction", "fromiter", "frombuffer", "fromstring",
+    "genfromtxt", "load", "loadtxt", "mask_indices", "save", "savetxt", "savez", "savez_compressed",
+    "show_config", "typename", "set_printoptions", "get_printoptions", "printoptions",
+    "format_float_positional", "format_float_scientific", "array2string", "array_repr", "array_str",
+    "piecewise", "apply_over_axes", "apply_along_axis", "iterable", "asanyarray", "require",
+    "from_dlpack", "place", "putmask", "poly", "polysub", "polymul", "polyadd",
 }  # fmt: skip
+_NOT_IN_CUPY = NOT_IN_CUPY_14 | _HOST_ONLY
 # Plain Python helpers and type utilities pass through unchanged.
 _PASS_THROUGH = {
     "can_cast", "result_type", "promote_types", "min_scalar_type", "common_type", "mintypecode",
-    "issubdtype", "isdtype", "isscalar", "broadcast_shapes", "ndim", "shape", "size", "iscomplexobj",
+    "issubdtype", "isscalar", "broadcast_shapes", "ndim", "shape", "size", "iscomplexobj",
     "isrealobj", "base_repr", "binary_repr", "finfo", "iinfo", "dtype",
 }  # fmt: skip
 
@@ -92,7 +108,36 @@ def repeat(a, repeats, axis=None):
     return _double.device_function(_np.repeat, "repeat")(a, repeats, axis=axis)
 
 
-__all__ += ["asarray", "array", "asnumpy", "get_array_module", "repeat"]
+def sort(a, axis=-1, kind=None):
+    """Stable sort only: ``kind`` is ``None`` or ``'stable'`` (cupy/_sorting/sort.py:11-38, core.pyx:1065-1067)."""
+    _double.check_sort_kind(kind)
+    return _double.ndarray(_np.sort(_double.unwrap(a), axis=axis, kind="stable"))
+
+
+def argsort(a, axis=-1, kind=None):
+    """Stable argsort only (cupy/_sorting/sort.py:93-114)."""
+    _double.check_sort_kind(kind)
+    return _double.ndarray(_np.argsort(_double.unwrap(a), axis=axis, kind="stable"))
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` with CuPy's contiguity copies counted (see :func:`cupy._double.matmul_copies`)."""
+    return a @ b
+
+
+def dot(a, b, out=None):
+    """``cupy.dot`` (2-D and 1-D operands; the copies of ``matmul`` are counted)."""
+    if a.ndim > 2 or b.ndim > 2:
+        return _double.device_function(_np.dot, "dot")(a, b)
+    return a @ b
+
+
+take = _double.take
+ElementwiseKernel = _double.ElementwiseKernel
+from ._pool import get_default_memory_pool  # noqa: E402
+
+__all__ += ["asarray", "array", "asnumpy", "get_array_module", "repeat", "sort", "argsort", "matmul", "dot", "take"]
+__all__ += ["ElementwiseKernel", "get_default_memory_pool"]
 
 from . import cuda, fft, linalg, random  # noqa: E402,F401
 

@@ -4,7 +4,7 @@
 runtime does without a driver; ``set_mem_info(free, total)`` simulates a nearly full device.
 """
 
-_STATE = {"count": 1, "free": 16 * 2**30, "total": 16 * 2**30}
+_STATE = {"count": 1, "free": 16 * 2**30, "total": 16 * 2**30, "broken": None}
 
 
 class CUDARuntimeError(RuntimeError):
@@ -19,6 +19,10 @@ def getDeviceCount() -> int:
 
 def memGetInfo() -> tuple[int, int]:
     return _STATE["free"], _STATE["total"]
+
+
+def deviceSynchronize() -> None:
+    """No-op (the double runs synchronously)."""
 
 
 def getDevice() -> int:
@@ -44,6 +48,18 @@ def set_device_count(n: int) -> None:
     _STATE["count"] = int(n)
 
 
+def set_broken(library: str | None) -> None:
+    """Make ``"nvrtc"``, ``"cublas"`` or ``"cusparse"`` fail as on a broken CUDA install (test hook)."""
+    _STATE["broken"] = library
+
+
+def broken(library: str) -> bool:
+    return _STATE["broken"] == library
+
+
 def reset() -> None:
-    """Restore one device with 16 GiB free."""
-    _STATE.update(count=1, free=16 * 2**30, total=16 * 2**30)
+    """Restore one device with 16 GiB free, an empty memory pool and working libraries."""
+    _STATE.update(count=1, free=16 * 2**30, total=16 * 2**30, broken=None)
+    from cupy import _pool
+
+    _pool.POOL.reset()

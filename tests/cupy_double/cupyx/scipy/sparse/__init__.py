@@ -4,13 +4,40 @@ Building a matrix from a SciPy matrix is a counted host->device transfer and ``.
 device->host transfer, as in cupyx. ``.data``, ``.indices`` and ``.indptr`` are device arrays of
 the double (views of the SciPy buffers). Mixing a host NumPy array into a product raises
 ``TypeError`` as in CuPy.
+
+CuPy 14's limits (cupyx/scipy/sparse/_compressed.py at tag v14.0.0):
+
+* values must be bool, float32, float64, complex64 or complex128, else ``ValueError``
+  (:273-281, ``if dtype.char not in '?fdFD'``); integer SciPy matrices are refused too;
+* ``indices`` and ``indptr`` are always int32 (:229-230 from SciPy, :284-285 from components):
+  CuPy casts without a range check, so ``nnz >= 2**31`` would wrap. The double raises
+  ``OverflowError`` there instead of wrapping, so a backend that forgets to refuse fails loudly;
+* fancy row/column indices are converted with ``cupy.asarray`` (an implicit copy of host indices,
+  counted) and taken modulo the axis length (cupyx/scipy/sparse/_index.py:482-497,
+  ``return x % length``): out-of-range indices wrap instead of raising.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as _sp
-from cupy._double import count, ndarray, unsupported
+from cupy._double import _implicit_host, count, ndarray, unsupported
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _check_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.char not in "?fdFD":
+        raise ValueError("Only bool, float32, float64, complex64 and complex128 are supported")
+    return dtype
+
+
+def _int32(a: np.ndarray) -> np.ndarray:
+    """``astype('i')`` as CuPy does, but refusing values that would wrap (see the module docstring)."""
+    if a.size and (int(a.max()) > _INT32_MAX or int(a.min()) < -_INT32_MAX - 1):
+        raise OverflowError("index values do not fit in int32 (CuPy would wrap them silently)")
+    return a.astype(np.int32, copy=False)
 
 __all__ = [
     "coo_matrix", "csc_matrix", "csr_matrix", "diags", "eye", "identity", "issparse", "isspmatrix_csr", "spmatrix",
@@ -53,12 +80,25 @@ class spmatrix:
         else:
             raise TypeError(f"unsupported input for {type(self).__name__}: {type(arg1).__name__}")
         m = self._scipy(m, dtype=dtype, copy=copy)
-        self._m = m
+        _check_dtype(m.dtype)
+        self._m = self._to_int32(m)
+
+    @classmethod
+    def _to_int32(cls, m):
+        if m.format in {"csr", "csc"}:
+            m.indices = _int32(m.indices)
+            m.indptr = _int32(m.indptr)
+        elif m.format == "coo":
+            m.row = _int32(m.row)
+            m.col = _int32(m.col)
+        return m
 
     @classmethod
     def _from(cls, m):
         out = cls.__new__(cls)
-        out._m = cls._scipy(m)
+        m = cls._scipy(m)
+        _check_dtype(m.dtype)
+        out._m = cls._to_int32(m)
         return out
 
     # ------------------------------------------------------------------ metadata
@@ -103,6 +143,7 @@ class spmatrix:
         return type(self)._from(self._m.copy())
 
     def astype(self, t):
+        _check_dtype(t)
         return type(self)._from(self._m.astype(t))
 
     def transpose(self, axes=None, copy=False):
@@ -147,6 +188,10 @@ class spmatrix:
         raise unsupported(other)
 
     def __matmul__(self, other):
+        from cupy.cuda import runtime
+
+        if runtime.broken("cusparse"):
+            raise RuntimeError("CUSPARSE_STATUS_NOT_INITIALIZED (double: cuSPARSE marked broken)")
         return _wrap_result(self._m @ self._other(other))
 
     def dot(self, other):
@@ -181,16 +226,20 @@ class spmatrix:
         return type(self)._from(-self._m)
 
     def __getitem__(self, key):
-        def unwrap_key(k):
-            if isinstance(k, tuple):
-                return tuple(unwrap_key(x) for x in k)
+        def unwrap_key(k, length):
             if isinstance(k, ndarray):
-                return k._a
-            if isinstance(k, np.ndarray):
-                raise unsupported(k)
-            return k
+                a = k._a
+            elif isinstance(k, np.ndarray | list):
+                a = _implicit_host(k)  # cupy.asarray(idx) in _asindices (_index.py:490)
+            else:
+                return k
+            if a.dtype.kind in "iu":
+                return np.mod(a.astype(np.int32), length)  # ``x % length`` (_index.py:497)
+            return a
 
-        return _wrap_result(self._m[unwrap_key(key)])
+        if isinstance(key, tuple):
+            return _wrap_result(self._m[tuple(unwrap_key(k, d) for k, d in zip(key, self.shape, strict=False))])
+        return _wrap_result(self._m[unwrap_key(key, self.shape[0])])
 
     def __repr__(self) -> str:
         return f"<cupyx double {self.format} matrix {self.shape[0]}x{self.shape[1]}, nnz={self.nnz}, {self.dtype}>"

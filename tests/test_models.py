@@ -1,0 +1,195 @@
+"""Gene-trend models: the batched penalised-spline GAM against pygam, gene by gene."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellfate_gpu.lineage import Lineage
+from cellfate_gpu.models import GAM, Family, SKLearnModel, SplineBasis, fit_splines, fit_trends, lineage_design
+from cellfate_gpu.models._spline import penalty_matrix
+
+
+def _adata(n_cells: int = 500, n_genes: int = 12, seed: int = 0, zeros: float = 0.3):
+    """Cells with a pseudotime, three lineages' soft fate probabilities and sparse counts with zeros."""
+    import anndata as ad
+
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 1, n_cells)
+    t[:20] = t[20:40]  # repeated pseudotimes: only the first occurrence is fitted
+    branch = rng.integers(0, 3, n_cells)
+    logits = np.where(np.arange(3)[None, :] == branch[:, None], 4.0 * t[:, None], 0.0) + rng.normal(
+        0, 0.3, (n_cells, 3)
+    )
+    P = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    freq = rng.uniform(1, 6, n_genes)
+    mean = np.exp(np.sin(np.outer(t, freq)) + rng.normal(0, 0.1, n_genes))
+    Y = mean * rng.gamma(3.0, 1 / 3.0, (n_cells, n_genes))
+    Y[rng.uniform(size=Y.shape) < zeros] = 0.0
+    Y[0, 0] = 1.0  # an exact one (pygam nudges it in its initial estimate)
+    adata = ad.AnnData(sp.csr_matrix(Y.astype(np.float32)))
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    adata.obs["latent_time"] = t
+    adata.layers["Ms"] = Y + 0.05
+    Lineage(P, names=["Alpha", "Beta", "Gamma"]).to_adata(adata, "lineages_fwd")
+    return adata
+
+
+def _pygam_model(distribution: str, link: str):
+    pg = pytest.importorskip("pygam")
+    term = pg.s(0, spline_order=3, n_splines=6, lam=3, penalties=["derivative", "l2"])
+    cls = {("normal", "identity"): pg.LinearGAM, ("gamma", "log"): pg.GammaGAM, ("poisson", "log"): pg.PoissonGAM}
+    return cls[distribution, link](term, max_iter=2000, verbose=False)
+
+
+def _close(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Largest error relative to the curve's scale (max(1, max|ref|))."""
+    return float(np.max(np.abs(ours - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+
+
+def test_basis_and_penalty_are_pygams():
+    pytest.importorskip("pygam")
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.uniform(-2, 5, 300))
+    gam = _pygam_model("gamma", "log").fit(x[:, None], rng.gamma(2, 1, 300))
+    np.testing.assert_allclose(SplineBasis(x.min(), x.max())(x), gam._modelmat(x[:, None]).toarray(), atol=1e-12)
+    np.testing.assert_array_equal(penalty_matrix(6), gam._P().toarray())
+    outside = np.array([-3.0, 6.0])  # linear extrapolation beyond the edge knots
+    np.testing.assert_allclose(
+        SplineBasis(x.min(), x.max())(outside), gam._modelmat(outside[:, None]).toarray(), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(("distribution", "link"), [("gamma", "log"), ("normal", "identity"), ("poisson", "log")])
+def test_batched_trends_equal_pygam_per_gene(distribution, link):
+    """Every gene of every lineage: curves and 95% intervals equal pygam's per-gene fit to 1e-6."""
+    adata = _adata()
+    genes = list(adata.var_names)
+    model = GAM(adata, distribution=distribution, link=link)
+    trends = fit_trends(adata, model, genes, ["Alpha", "Beta", "Gamma"], "latent_time", show_progress_bar=False)
+    worst_mean = worst_ci = 0.0
+    for lin, tr in trends.items():
+        d = lineage_design(adata, lin, "latent_time")
+        Y = adata.X[d.cells].toarray().astype(np.float64)
+        for j, gene in enumerate(genes):
+            ref = _pygam_model(distribution, link).fit(d.x[:, None], Y[:, j], weights=d.w)
+            worst_mean = max(worst_mean, _close(tr.mean[gene].to_numpy(), ref.predict(d.x_test[:, None])))
+            worst_ci = max(worst_ci, _close(tr.conf_int[:, j], ref.confidence_intervals(d.x_test[:, None])))
+        assert tr.converged.all()
+    assert worst_mean < 1e-6, worst_mean
+    assert worst_ci < 1e-6, worst_ci
+
+
+def test_single_gam_matches_batched_and_pygam():
+    adata = _adata()
+    gam = GAM(adata).prepare("g3", "Beta", "latent_time", data_key="Ms")
+    gam.fit()
+    y = gam.predict()
+    ci = gam.confidence_interval()
+    assert y.shape == (200,) and ci.shape == (200, 2) and gam.x_test.shape == (200, 1)
+    assert np.all(ci[:, 0] <= y) and np.all(y <= ci[:, 1])
+    batched = fit_trends(adata, GAM(adata), ["g3"], ["Beta"], "latent_time", data_key="Ms", show_progress_bar=False)
+    np.testing.assert_allclose(batched["Beta"].mean["g3"].to_numpy(), y, rtol=1e-12)
+    if pytest.importorskip("pygam"):
+        ref = _pygam_model("gamma", "log").fit(gam.x, gam.y.ravel(), weights=gam.w)
+        assert _close(y, ref.predict(gam.x_test)) < 1e-6
+        assert _close(ci, ref.confidence_intervals(gam.x_test)) < 1e-6
+
+
+def test_lineage_design_follows_cellranks_prepare():
+    adata = _adata()
+    d = lineage_design(adata, "Alpha", "latent_time")
+    t = adata.obs["latent_time"].to_numpy()
+    w_raw = adata.obsm["lineages_fwd"][:, 0]
+    # repeated times keep their first cell; cells are sorted by time
+    assert np.all(np.diff(d.x) > 0)
+    np.testing.assert_array_equal(t[d.cells], d.x)
+    assert not np.isin(np.arange(20, 40), d.cells).any()
+    # weights below 0.01 become 0.01, others are the fate probabilities
+    np.testing.assert_allclose(d.w, np.where(w_raw[d.cells] < 0.01, 0.01, w_raw[d.cells]))
+    # the end of the range: where the running mean of the above-median weights peaks
+    x, first = np.unique(t, return_index=True)
+    w = np.where(w_raw[first] < 0.01, 0.01, w_raw[first])
+    above = w >= np.median(w)
+    running = np.convolve(np.pad(w[above], (4, 5), mode="edge"), np.ones(10) / 10, mode="valid")
+    assert d.x_test[-1] == x[above][np.argmax(running)]
+    assert d.x_test[0] == x.min() and d.x_test.size == 200 and d.x.max() <= d.x_test[-1]
+    # an explicit range, and all-ones weights for lineage=None
+    d2 = lineage_design(adata, None, "latent_time", time_range=(0.2, 0.6), n_test_points=50)
+    assert d2.x.min() >= 0.2 and d2.x.max() <= 0.6 and d2.x_test.size == 50 and np.all(d2.w == 1)
+    with pytest.raises(KeyError, match="nope"):
+        lineage_design(adata, "Alpha", "nope")
+
+
+class _WeightedLine:
+    """A weighted least-squares straight line (a stand-in for a scikit-learn regressor)."""
+
+    def fit(self, X, y, sample_weight=None):
+        w = np.ones(len(y)) if sample_weight is None else sample_weight
+        A = np.c_[np.ones(len(y)), X[:, 0]] * np.sqrt(w)[:, None]
+        self.coef_ = np.linalg.lstsq(A, y * np.sqrt(w), rcond=None)[0]
+        return self
+
+    def predict(self, X):
+        return self.coef_[0] + self.coef_[1] * X[:, 0]
+
+
+class _Unweighted:
+    def fit(self, X, y):
+        return self
+
+    def predict(self, X):
+        return np.zeros(len(X))
+
+
+def test_sklearn_model_uses_weights_and_default_interval():
+    adata = _adata()
+    m = SKLearnModel(adata, _WeightedLine()).prepare("g1", "Gamma", "latent_time").fit()
+    y = m.predict()
+    A = np.c_[np.ones(m.x.shape[0]), m.x[:, 0]] * np.sqrt(m.w)[:, None]
+    coef = np.linalg.lstsq(A, m.y[:, 0] * np.sqrt(m.w), rcond=None)[0]
+    np.testing.assert_allclose(y, coef[0] + coef[1] * m.x_test[:, 0])
+    ci = m.confidence_interval()
+    assert ci.shape == (200, 2) and np.all(ci[:, 1] > ci[:, 0])
+    with pytest.raises(ValueError, match="no sample weights"):
+        SKLearnModel(adata, _Unweighted())
+    SKLearnModel(adata, _Unweighted(), ignore_raise=True)
+    trends = fit_trends(adata, m, ["g1", "g2"], ["Gamma"], "latent_time", show_progress_bar=False)
+    np.testing.assert_allclose(trends["Gamma"].mean["g1"].to_numpy(), y)
+    assert set(trends["Gamma"].models) == {"g1", "g2"}
+
+
+def test_bad_arguments_are_named():
+    adata = _adata()
+    with pytest.raises(NotImplementedError, match="binomial"):
+        GAM(adata, distribution="binomial", link="logit")
+    with pytest.raises(NotImplementedError, match="expectile"):
+        GAM(adata, expectile=0.5)
+    with pytest.raises(TypeError, match="bogus"):
+        GAM(adata, bogus=1)
+    with pytest.raises(RuntimeError, match="prepare"):
+        GAM(adata).fit()
+    with pytest.raises(KeyError, match="nogene"):
+        GAM(adata).prepare("nogene", "Alpha", "latent_time")
+    with pytest.raises(ValueError, match="cells"):
+        fit_splines(
+            np.arange(5.0),
+            np.ones((4, 2)),
+            np.ones(5),
+            basis=SplineBasis(0, 4),
+            family=Family(),
+            penalty=penalty_matrix(6),
+        )
+
+
+def test_filter_cells_fits_per_gene():
+    adata = _adata()
+    tr = fit_trends(
+        adata, GAM(adata), ["g0", "g4"], ["Alpha"], "latent_time", filter_cells=0.0, show_progress_bar=False
+    )["Alpha"]
+    one = GAM(adata).prepare("g4", "Alpha", "latent_time", filter_cells=0.0).fit()
+    assert np.all(one.y > 0)
+    np.testing.assert_allclose(tr.mean["g4"].to_numpy(), one.predict(), rtol=1e-12)
+    assert isinstance(tr.mean, pd.DataFrame)
