@@ -1,8 +1,11 @@
 """CellRank's public data sets: download once, cache on disk, check the shape (and checksum).
 
 The registry below holds facts (address and expected ``(n_obs, n_vars)``) published with
-CellRank's data sets. Nothing is downloaded at import or in the test suite; tests serve a local
-file over a local HTTP server.
+CellRank's data sets; CellRank publishes no checksums, so none are checked unless a
+:class:`RemoteDataset` carries one. The named loaders (:func:`pancreas`, :func:`lung`, ...) have
+CellRank's signatures and default file names (``datasets/endocrinogenesis_day15.5_raw.h5ad``, ...).
+Nothing is downloaded at import or in the test suite; tests serve a local file over a local HTTP
+server.
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ from pathlib import Path
 
 from cellfate_gpu._logging import info, timed
 
-__all__ = ["REMOTE_DATASETS", "RemoteDataset", "cache_dir", "load"]
+__all__ = [
+    "REMOTE_DATASETS",
+    "RemoteDataset",
+    "bone_marrow",
+    "cache_dir",
+    "load",
+    "lung",
+    "pancreas",
+    "reprogramming_morris",
+    "reprogramming_schiebinger",
+    "zebrafish",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +50,12 @@ REMOTE_DATASETS: dict[str, RemoteDataset] = {
     for d in (
         RemoteDataset("pancreas", _FIGSHARE + "25060877", (2531, 27998)),
         RemoteDataset("pancreas_preprocessed", _FIGSHARE + "25030028", (2531, 2000)),
+        RemoteDataset("pancreas_preprocessed_vk", _FIGSHARE + "41325411", (2531, 5974)),
         RemoteDataset("lung", _FIGSHARE + "25038224", (24882, 24051)),
         RemoteDataset("reprogramming_morris", _FIGSHARE + "25503773", (104679, 22630)),
         RemoteDataset("zebrafish", _FIGSHARE + "27265280", (2434, 23974)),
         RemoteDataset("reprogramming_schiebinger", _FIGSHARE + "28618734", (236285, 19089)),
+        RemoteDataset("reprogramming_schiebinger_serum_subset", _FIGSHARE + "35858033", (165892, 19089)),
         RemoteDataset("bone_marrow", _FIGSHARE + "35826944", (5780, 27876)),
     )
 }
@@ -119,3 +135,80 @@ def load(name: str, path: str | os.PathLike | None = None, *, url: str | None = 
             "the download may be truncated or from the wrong address. Delete the file and retry."
         )
     return adata
+
+
+def _named(key: str, path: str | os.PathLike, kwargs: dict):
+    """Load ``key`` to ``path`` the way CellRank's loaders do (unique var names), honouring ``backup_url``."""
+    from cellfate_gpu._logging import info as _info
+
+    url = kwargs.pop("backup_url", None)
+    timeout = kwargs.pop("timeout", 60.0)
+    for k in ("sparse", "cache"):
+        kwargs.pop(k, None)  # scanpy.read options: files here are always read as stored and cached
+    if kwargs:
+        _info("Ignoring scanpy.read keywords %s", sorted(kwargs))
+    adata = load(key, path, url=url, timeout=timeout)
+    adata.var_names_make_unique()
+    return adata
+
+
+def pancreas(path: str | os.PathLike = "datasets/endocrinogenesis_day15.5.h5ad", kind: str = "raw", **kwargs):
+    """Murine pancreas at E15.5 (Bastidas-Ponce et al. 2019), 2531 cells; CellRank's ``datasets.pancreas``.
+
+    ``kind``: ``"raw"`` (spliced/unspliced counts, embedding, clusters), ``"preprocessed"`` (2000 highly
+    variable genes, normalised, log-transformed) or ``"preprocessed-kernel"`` (plus a VelocityKernel
+    transition matrix). Stored at ``path`` with ``_<kind>`` before the suffix, as CellRank names it.
+    ``backup_url=`` overrides the address.
+    """
+    keys = {
+        "raw": "pancreas",
+        "preprocessed": "pancreas_preprocessed",
+        "preprocessed-kernel": "pancreas_preprocessed_vk",
+    }
+    if kind not in keys:
+        raise ValueError(f"Unknown pancreas kind {kind!r}; use one of {list(keys)}.")
+    p = Path(path)
+    return _named(keys[kind], p.with_name(f"{p.stem}_{kind}{p.suffix or '.h5ad'}"), kwargs)
+
+
+def lung(path: str | os.PathLike = "datasets/lung_regeneration.h5ad", **kwargs):
+    """Murine lung epithelium regeneration over 13 time points (Strunz et al. 2020), 24882 cells."""
+    return _named("lung", path, kwargs)
+
+
+def reprogramming_morris(
+    path: str | os.PathLike = "datasets/reprogramming_morris.h5ad", subset: str = "full", **kwargs
+):
+    """Fibroblast to endoderm reprogramming with CellTag lineage tracing (Morris et al. 2018), 104679 cells.
+
+    ``subset``: ``"full"``, ``"85k"`` (cells with ``obs['timecourse']``, Fig. 1) or ``"48k"`` (cells with
+    ``obs['cluster']``, Fig. 3), subset after the download, as CellRank does.
+    """
+    if subset not in ("full", "48k", "85k"):
+        raise ValueError(f"subset must be 'full', '48k' or '85k', got {subset!r}.")
+    adata = _named("reprogramming_morris", path, kwargs)
+    if subset == "48k":
+        return adata[~adata.obs["cluster"].isnull()].copy()
+    if subset == "85k":
+        return adata[~adata.obs["timecourse"].isnull()].copy()
+    return adata
+
+
+def reprogramming_schiebinger(
+    path: str | os.PathLike = "datasets/reprogramming_schiebinger.h5ad", subset_to_serum: bool = False, **kwargs
+):
+    """Fibroblast reprogramming time course (Schiebinger et al. 2019), 236285 cells (serum subset: 165892)."""
+    if subset_to_serum:
+        p = Path(path)
+        return _named("reprogramming_schiebinger_serum_subset", p.with_name(f"{p.stem}_serum{p.suffix}"), kwargs)
+    return _named("reprogramming_schiebinger", path, kwargs)
+
+
+def zebrafish(path: str | os.PathLike = "datasets/zebrafish.h5ad", **kwargs):
+    """Zebrafish axial mesoderm development (Lange et al. 2023), 2434 cells."""
+    return _named("zebrafish", path, kwargs)
+
+
+def bone_marrow(path: str | os.PathLike = "datasets/bone_marrow.h5ad", **kwargs):
+    """Human bone marrow haematopoiesis (Setty et al. 2019), 5780 cells."""
+    return _named("bone_marrow", path, kwargs)

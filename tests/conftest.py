@@ -10,6 +10,10 @@ backend-parametrised test exercises the cupy backend's code in CI.
 import os
 from pathlib import Path
 
+# The jax backend requires 64-bit mode at start-up and never turns it on itself (backends/_jax.py);
+# the test process opts in here, before anything imports JAX.
+os.environ.setdefault("JAX_ENABLE_X64", "1")
+
 import matplotlib
 import numpy as np
 import pytest

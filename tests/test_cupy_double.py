@@ -120,7 +120,11 @@ def test_double_sort_kind_is_none_or_stable(cupy):
     x = cupy.asarray(np.array([3.0, 1.0, 2.0, 1.0]))
     np.testing.assert_array_equal(cupy.argsort(x).get(), [1, 3, 2, 0])
     np.testing.assert_array_equal(cupy.sort(x, kind="stable").get(), [1.0, 1.0, 2.0, 3.0])
-    calls = (lambda: cupy.sort(x, kind="quicksort"), lambda: x.argsort(kind="mergesort"), lambda: x.sort(kind="heapsort"))
+    calls = (
+        lambda: cupy.sort(x, kind="quicksort"),
+        lambda: x.argsort(kind="mergesort"),
+        lambda: x.sort(kind="heapsort"),
+    )
     for call in calls:
         with pytest.raises(ValueError, match="kind can only be None or 'stable'"):
             call()
@@ -341,7 +345,8 @@ def test_segment_sum_is_exact_per_row_not_a_cumsum_difference(cupy):
     # row sums of a large stochastic matrix: exact to rounding per row
     P = random_stochastic(20_000, 0.0005, seed=3)
     data, _, ip = bk.csr_components(bk.from_scipy_csr(P, dtype=np.float64))
-    np.testing.assert_allclose(bk.to_host(bk.segment_sum(data, ip)), np.asarray(P.sum(axis=1)).ravel(), rtol=0, atol=1e-15)
+    row_sums = bk.to_host(bk.segment_sum(data, ip))
+    np.testing.assert_allclose(row_sums, np.asarray(P.sum(axis=1)).ravel(), rtol=0, atol=1e-15)
 
 
 def test_segment_max_and_scale_rows_do_not_sync(cupy):

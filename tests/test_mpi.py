@@ -205,6 +205,7 @@ _PIPELINES = {
     "disconnected": ({"n_cells": 4000, "n_lineages": 4, "seed": 3}, ["--n-states", "8", "--terminal", "top_n:4"]),
 }
 _CLI_KERNEL = ["--kernel", "pseudotime:weight=0.8 + connectivity:weight=0.2", "--drivers", "0"]
+_SCIPY = ["--backend", "scipy", "--out"]
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +253,21 @@ def _states_and_fates(path: Path) -> tuple[dict[frozenset, str], dict[frozenset,
     return by_cells, columns
 
 
+def _assert_same_pipeline_result(path: Path, reference: Path, what: str) -> None:
+    """Terminal states of ``path`` = those of ``reference`` (the same cells), fate probabilities to 1e-6."""
+    ref_states, ref_fates = _states_and_fates(reference)
+    states, fates = _states_and_fates(path)
+    ref_cells, cells = set().union(*ref_states), set().union(*states)
+    assert set(states) == set(ref_states), (
+        f"{what}: terminal states differ from the serial scipy run ({len(cells ^ ref_cells)} of "
+        f"{len(ref_cells)} terminal cells differ; states {sorted(map(len, states))} vs {sorted(map(len, ref_states))})"
+    )
+    for group in ref_states:
+        np.testing.assert_allclose(
+            fates[group], ref_fates[group], rtol=0, atol=1e-6, err_msg=f"{what}: {ref_states[group]}"
+        )
+
+
 @pytest.mark.skipif(UNDER_MPI, reason="launches its own MPI jobs")
 @needs_mpiexec
 @needs_petsc
@@ -276,13 +292,7 @@ def test_cli_on_petsc_ranks_equals_serial_scipy(serial_runs, atlas, n_ranks):
         env=_clean_env(),
     )
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
-    ref_states, ref_fates = _states_and_fates(serial_out)
-    states, fates = _states_and_fates(out)
-    assert set(states) == set(ref_states), (
-        f"terminal states differ: petsc {sorted(map(len, states))} cells vs scipy {sorted(map(len, ref_states))}"
-    )
-    for cells in ref_states:
-        np.testing.assert_allclose(fates[cells], ref_fates[cells], rtol=0, atol=1e-6, err_msg=ref_states[cells])
+    _assert_same_pipeline_result(out, serial_out, f"petsc on {n_ranks} rank(s), {atlas} atlas")
 
 
 # ----------------------------------------------------------------------------- 2 ranks vs serial
@@ -370,3 +380,66 @@ def test_replicated_mode_detects_different_matrices():
     A = knn_transition(seed=10 + _mpi.rank())  # a different matrix on every rank
     with pytest.raises(ValueError, match="same matrix on every rank"):
         PetscBackend().solve(sp.csr_matrix(sp.identity(240) - 0.5 * A), np.ones(240))
+
+
+@pytest.mark.mpi
+@needs_mpi
+@needs_petsc
+@pytest.mark.parametrize("atlas", list(_PIPELINES))
+def test_cli_pipeline_in_this_mpi_job_equals_serial(tmp_path_factory, atlas):
+    """The same comparison inside the ``mpiexec -n 2 pytest -m mpi`` job: every rank calls ``main``."""
+    from cellfate_gpu.cli import main
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    comm = _mpi.comm_world()
+    folder = Path(comm.bcast(str(tmp_path_factory.mktemp("cli_spmd")) if _mpi.is_root() else None, root=0))
+    params, options = _PIPELINES[atlas]
+    source, serial, parallel = folder / "in.h5ad", folder / "scipy.h5ad", folder / "petsc.h5ad"
+    _mpi.root_only_write(source, lambda p: synthetic_atlas(**params).write_h5ad(p))
+    error = None
+    if _mpi.is_root():  # the serial reference: a separate, non-MPI process (the CLI in this job is SPMD)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cellfate_gpu.cli",
+                "run",
+                str(source),
+                *_CLI_KERNEL,
+                *options,
+                *_SCIPY,
+                str(serial),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_clean_env(),
+        )
+        error = None if proc.returncode == 0 else proc.stderr[-3000:]
+    error = comm.bcast(error, root=0)
+    assert error is None, f"the serial scipy run on the {atlas} atlas failed: {error}"
+    assert main(["run", str(source), *_CLI_KERNEL, *options, "--backend", "petsc", "--out", str(parallel)]) == 0
+    _assert_same_pipeline_result(parallel, serial, f"petsc in this {_mpi.size()}-rank job, {atlas} atlas")
+
+
+@pytest.mark.skipif(UNDER_MPI, reason="launches its own MPI job")
+@needs_mpiexec
+def test_failing_cli_run_on_two_ranks_says_why_and_leaves_no_file(tmp_path):
+    pytest.importorskip("mpi4py", reason="mpi4py not installed")
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    source = tmp_path / "in.h5ad"
+    synthetic_atlas(n_cells=300, n_lineages=2, seed=0).write_h5ad(source)
+    before = source.read_bytes()
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "cellfate_gpu.cli", "run", str(source)]
+    proc = subprocess.run(
+        [*cmd, "--kernel", "pseudotime:time_key=no_such_key", "--backend", "scipy", "--out", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(),
+    )
+    assert proc.returncode != 0
+    assert "cellfate-gpu run failed" in proc.stderr and "no_such_key" in proc.stderr, proc.stderr[-3000:]
+    assert source.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["in.h5ad"]  # no temporary file left behind

@@ -295,6 +295,7 @@ def three_branch_transition(n_per: int = 60, seed: int = 0) -> sp.csr_matrix:
 
 def test_gpcca_pipeline_petsc_equals_scipy():
     from cellfate_gpu import estimators, kernels  # our own modules: an ImportError must fail, not skip
+
     T = three_branch_transition()
     fates = {}
     for name in ("scipy", "petsc"):

@@ -151,6 +151,33 @@ def test_issue_repro_two_connectivity_components(backend):
     _check_schur(T, res, backend, 6, 2)
 
 
+def nearly_reducible_chain(sizes, link, seed):
+    """Irreducible chain of dense random blocks joined by transitions of weight ``link`` (eigenvalues ~ 1 - link)."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    D = sp.block_diag([rng.uniform(0.1, 1.0, (s, s)) for s in sizes]).toarray()
+    starts = np.cumsum([0, *sizes])[:-1]
+    for a in range(len(sizes)):
+        b = (a + 1) % len(sizes)
+        D[starts[a], starts[b]] = D[starts[b], starts[a]] = link
+    D /= D.sum(axis=1, keepdims=True)
+    perm = rng.permutation(n)
+    return sp.csr_matrix(D[perm][:, perm])
+
+
+def test_near_multiple_unit_eigenvalue_is_resolved(backend):
+    """issue 13.12: an irreducible T with eigenvalue 1 four times to 1e-14 (metastable branches).
+
+    A single-vector Krylov run sees the cluster as one eigenvalue; every member must be found.
+    """
+    T = nearly_reducible_chain([60, 50, 45, 40], 1e-14, seed=1)
+    assert chain_classes(T).n_closed == 1
+    ev = np.linalg.eigvals(T.toarray())
+    assert int(np.sum(np.abs(ev - 1) < 1e-10)) == 4
+    res = partial_schur(T, 7, which="LR", tol=1e-12, backend=backend)
+    _check_schur(T, res, backend, 7, 4)
+
+
 def test_left_eigenvectors_of_a_reducible_chain_are_the_stationary_distributions():
     T, closed, _ = reducible_chain([20, 12, 9], 10, seed=11)
     res = partial_eig(T, 5, which="LR", left=True)
@@ -228,7 +255,7 @@ def _gpcca_chain():
 
 def test_gpcca_macrostates_in_every_closed_class(backend):
     T, classes = _gpcca_chain()
-    g, adata = _estimator(T, backend)
+    g, _ = _estimator(T, backend)
     g.compute_macrostates(6, n_cells=10)
     ms = g.macrostates
     where = {nm: {c for c, cl in enumerate(classes) if np.any(ms.to_numpy()[cl] == nm)} for nm in ms.cat.categories}
@@ -313,7 +340,7 @@ def test_fit_with_too_many_states_fails_before_the_decomposition(monkeypatch):
         raise AssertionError("partial_schur was called")
 
     monkeypatch.setattr(mod, "partial_schur", boom)
-    g, adata = _estimator(_chain(200))
+    g, _ = _estimator(_chain(200))
     with pytest.raises(ValueError, match="n_states=201"):
         g.fit(n_states=201)
 

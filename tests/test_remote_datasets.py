@@ -78,3 +78,67 @@ def test_unknown_name():
 def test_registry_has_cellrank_sets():
     assert {"pancreas", "bone_marrow", "lung", "reprogramming_morris"} <= set(remote.REMOTE_DATASETS)
     assert remote.REMOTE_DATASETS["bone_marrow"].shape == (5780, 27876)
+
+
+@pytest.fixture
+def cellrank_named(tmp_path, monkeypatch):
+    """Serve one file per CellRank data set (right shapes, few genes stand in via a shrunk registry)."""
+    www = tmp_path / "www2"
+    www.mkdir()
+    specs = {}
+    for key in (
+        "pancreas",
+        "pancreas_preprocessed",
+        "pancreas_preprocessed_vk",
+        "lung",
+        "reprogramming_morris",
+        "reprogramming_schiebinger",
+        "reprogramming_schiebinger_serum_subset",
+        "zebrafish",
+        "bone_marrow",
+    ):
+        a = ad.AnnData(np.ones((6, 2), dtype=np.float32))
+        a.var_names = ["g", "g"]  # CellRank makes var names unique
+        a.obs["cluster"] = ["a", None, "b", None, "c", "d"]
+        a.obs["timecourse"] = ["x", "y", None, "z", "w", "v"]
+        a.write_h5ad(www / f"{key}.h5ad")
+        specs[key] = key
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    for key in specs:
+        monkeypatch.setitem(remote.REMOTE_DATASETS, key, remote.RemoteDataset(key, f"{base}/{key}.h5ad", (6, 2)))
+    monkeypatch.chdir(tmp_path)
+    try:
+        yield base
+    finally:
+        server.shutdown()
+
+
+def test_cellrank_named_loaders(cellrank_named, tmp_path):
+    import cellfate_gpu as cf
+
+    assert cf.datasets.pancreas is remote.pancreas and cf.datasets.bone_marrow is remote.bone_marrow
+    a = remote.pancreas(kind="preprocessed")
+    assert (tmp_path / "datasets" / "endocrinogenesis_day15.5_preprocessed.h5ad").is_file()
+    assert list(a.var_names) == ["g", "g-1"]
+    remote.pancreas(kind="preprocessed-kernel")
+    assert (tmp_path / "datasets" / "endocrinogenesis_day15.5_preprocessed-kernel.h5ad").is_file()
+    with pytest.raises(ValueError, match="kind"):
+        remote.pancreas(kind="nope")
+    assert remote.reprogramming_morris(subset="48k").n_obs == 4
+    assert remote.reprogramming_morris(subset="85k").n_obs == 5
+    assert remote.reprogramming_morris().n_obs == 6
+    remote.reprogramming_schiebinger(subset_to_serum=True)
+    assert (tmp_path / "datasets" / "reprogramming_schiebinger_serum.h5ad").is_file()
+    for fn, name in (
+        (remote.lung, "lung_regeneration"),
+        (remote.zebrafish, "zebrafish"),
+        (remote.bone_marrow, "bone_marrow"),
+    ):
+        assert fn().shape == (6, 2)
+        assert (tmp_path / "datasets" / f"{name}.h5ad").is_file()
+    # a mirror through scanpy's keyword
+    b = remote.lung(path=tmp_path / "mirror" / "lung.h5ad", backup_url=f"{cellrank_named}/lung.h5ad")
+    assert b.shape == (6, 2)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import importlib.util
 import sys
 import time
@@ -54,8 +55,8 @@ from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends._base import Backend
 from cellfate_gpu.backends._results import SchurResult, SolveResult, Status
 from cellfate_gpu.backends._scipy import ScipyBackend
-from cellfate_gpu.linalg._schur_sort import sort_key, sorted_real_schur
-from cellfate_gpu.linalg.krylov_schur import default_ncv
+from cellfate_gpu.linalg._schur_sort import sort_key, sorted_real_schur, split_safe
+from cellfate_gpu.linalg.krylov_schur import complete_clusters, default_ncv
 
 __all__ = ["PetscBackend", "PetscBuildError", "sorted_real_schur"]
 
@@ -657,7 +658,7 @@ class PetscBackend(Backend):
         mults1 = self._matmult_count()
         matvecs = mults1 - mults0 if mults0 >= 0 and mults1 >= 0 else -1
         debug("petsc partial_schur: EPS %s, reason %d, nconv %d, restarts %d", eps_type, reason, nconv, iterations)
-        return SchurResult(
+        result = SchurResult(
             status=status,
             iterations=iterations,
             matvecs=matvecs,
@@ -667,6 +668,86 @@ class PetscBackend(Backend):
             R=R,
             eigenvalues=np.asarray(evals, dtype=complex),
             residual_norms=res,
+            which=which,
+        )
+        if W_local is None or (self._distribution == "root" and self._comm().getSize() > 1):
+            return result  # completion needs the host matrix on every rank (replicated)
+
+        def search(locked: np.ndarray, p: int, attempt: int) -> SchurResult:
+            return self._eps_on_complement(A, locked, p, which=which, tol=tol, maxiter=maxiter)
+
+        done = complete_clusters(self, self._host.ensure_native(A), k, result, search, which=which, exact=r_locked)
+        return dataclasses.replace(done, seconds=time.perf_counter() - started)
+
+    def _eps_on_complement(
+        self, A: Any, locked: np.ndarray, nev: int, *, which: str, tol: float, maxiter: int | None
+    ) -> SchurResult:
+        r"""The ``nev`` most wanted Schur vectors of :math:`A` on the complement of an invariant ``locked`` basis.
+
+        One SLEPc Krylov-Schur solve with ``locked`` (``n x p``, orthonormal, the same on every
+        rank) as the deflation space; used by :func:`~cellfate_gpu.linalg.krylov_schur.complete_clusters`
+        to find the members of a near-multiple eigenvalue that the first solve missed.
+        """
+        PETSc, SLEPc = self._start()
+        M, ranges = self._petsc_matrix(A)
+        me = self._comm().getRank()
+        lo, hi = int(ranges[me]), int(ranges[me + 1])
+        n, p = locked.shape
+        deflation, vecs = [], []
+        eps = SLEPc.EPS().create(comm=PETSc.COMM_WORLD)
+        try:
+            for j in range(p):
+                d = M.createVecRight()
+                d.setArray(np.ascontiguousarray(locked[lo:hi, j]))
+                deflation.append(d)
+            ncv = default_ncv(nev, n - p)
+            eps.setOperators(M)
+            eps.setProblemType(SLEPc.EPS.ProblemType.NHEP)
+            eps.setType(SLEPc.EPS.Type.KRYLOVSCHUR)
+            eps.setWhichEigenpairs(getattr(SLEPc.EPS.Which, _WHICH_TO_SLEPC[which]))
+            eps.setDimensions(nev=nev, ncv=ncv, mpd=ncv)
+            eps.setTolerances(tol=_SLEPC_TOL_MARGIN * tol, max_it=maxiter)
+            eps.setConvergenceTest(SLEPc.EPS.Conv.NORM)
+            eps.setDeflationSpace(deflation)
+            with self._options_applied():
+                eps.setFromOptions()
+            eps.solve()
+            nconv = min(int(eps.getConverged()), nev)
+            vecs = list(eps.getInvariantSubspace())[:nconv] if nconv > 0 else []
+            if nconv < nev:
+                return SchurResult(
+                    status=Status.MAX_ITER,
+                    iterations=int(eps.getIterationNumber()),
+                    matvecs=-1,
+                    seconds=0.0,
+                    backend=self.name,
+                    which=which,
+                )
+            local_q = np.column_stack([v.getArray(readonly=True).copy() for v in vecs])
+            w = M.createVecLeft()
+            cols = []
+            for v in vecs:
+                M.mult(v, w)
+                cols.append(w.getArray(readonly=True).copy())
+            w.destroy()
+            local_aq = np.column_stack(cols)
+        finally:
+            for v in deflation + vecs:
+                v.destroy()
+            eps.destroy()
+            M.destroy()
+        U, AU = self._gather_rows(local_q, ranges), self._gather_rows(local_aq, ranges)
+        T, Z, evals = sorted_real_schur(U.T @ AU, which)
+        kk = split_safe(T, nev)
+        return SchurResult(
+            status=Status.CONVERGED,
+            iterations=0,
+            matvecs=-1,
+            seconds=0.0,
+            backend=self.name,
+            Q=U @ Z[:, :kk],
+            R=T[:kk, :kk],
+            eigenvalues=evals[:kk],
             which=which,
         )
 

@@ -1,8 +1,4 @@
 """Estimators: analyse a kernel's transition matrix (GPCCA, CFLARE)."""
 
+from cellfate_gpu.estimators._cflare import CFLARE as CFLARE
 from cellfate_gpu.estimators._gpcca import GPCCA as GPCCA
-
-try:
-    from cellfate_gpu.estimators._cflare import CFLARE as CFLARE
-except ImportError:  # pragma: no cover
-    pass

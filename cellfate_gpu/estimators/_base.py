@@ -10,6 +10,7 @@ leaves no half-written state behind.
 from __future__ import annotations
 
 import abc
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -18,30 +19,26 @@ import scipy.sparse as sp
 
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed
+from cellfate_gpu._settings import settings
 from cellfate_gpu.backends import get_backend
-from cellfate_gpu.estimators._absorption import absorption_times, fate_probabilities
+from cellfate_gpu.estimators._absorption import _absorption_times, fate_probabilities
 from cellfate_gpu.estimators._drivers import lineage_drivers
 from cellfate_gpu.kernels import Kernel, PrecomputedKernel
-from cellfate_gpu.kernels._base import KernelExpression
+from cellfate_gpu.kernels._base import check_no_options
 from cellfate_gpu.lineage import Lineage, default_colors
 
-__all__ = ["BaseEstimator", "short_kernel_repr"]
+__all__ = ["BaseEstimator", "check_positive_int", "short_kernel_repr"]
 
 
 def short_kernel_repr(kernel: Kernel) -> str:
     """``PseudotimeKernel[n=5780]`` or ``(0.8 * PseudotimeKernel[n=..] + 0.2 * ...)``, as CellRank prints it."""
-    if isinstance(kernel, KernelExpression):
-        from cellfate_gpu.kernels._base import _Product, _Scaled, _Sum
-
-        if isinstance(kernel, _Scaled):
-            return f"{kernel.constant:g} * {short_kernel_repr(kernel._children[0])}"
-        sep = " + " if isinstance(kernel, _Sum) else " * "
-        return (
-            "(" + sep.join(short_kernel_repr(c) for c in kernel._children) + ")"
-            if isinstance(kernel, _Sum | _Product)
-            else repr(kernel)
-        )
-    return f"{'~' if kernel.backward else ''}{type(kernel).__name__}[n={len(kernel)}]"
+    node = kernel.expression
+    if node is None:
+        return f"{'~' if kernel.backward else ''}{type(kernel).__name__}[n={len(kernel)}]"
+    if node.operation == "scale":
+        return f"{node.constant:g} * {short_kernel_repr(node.operands[0])}"
+    sep = " + " if node.operation == "sum" else " * "
+    return "(" + sep.join(short_kernel_repr(op) for op in node.operands) + ")"
 
 
 def _as_kernel(obj: Any, backward: bool, obsp_key: str | None) -> Kernel:
@@ -54,6 +51,56 @@ def _as_kernel(obj: Any, backward: bool, obsp_key: str | None) -> Kernel:
     if sp.issparse(obj) or isinstance(obj, np.ndarray):
         return PrecomputedKernel(obj, backward=backward)
     raise TypeError(f"Expected a kernel, an AnnData or a matrix, got {type(obj).__name__}.")
+
+
+def check_positive_int(name: str, value: Any, *, upper: int | None = None, upper_what: str = "") -> int:
+    """``value`` as an ``int`` in ``[1, upper]``; estimators check their counts with it before any work.
+
+    Booleans, non-integral floats (``2.7``), NaN and non-numbers are refused, as are values below 1
+    or above ``upper``.
+
+    Parameters
+    ----------
+    name
+        The argument's name, for the message.
+    value
+        What the caller passed.
+    upper
+        Largest allowed value (``None``: no bound).
+    upper_what
+        What the bound is, for the message (e.g. ``"the number of cells"``).
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not an integer.
+    ValueError
+        ``value`` is out of range (the message gives the range).
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer | float | np.floating):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} ({type(value).__name__}).")
+    if isinstance(value, float | np.floating) and not (np.isfinite(value) and float(value).is_integer()):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}.")
+    v = int(value)
+    if v < 1:
+        raise ValueError(f"{name} must be at least 1, got {value!r}.")
+    if upper is not None and v > upper:
+        what = f" ({upper_what})" if upper_what else ""
+        raise ValueError(f"{name}={v} exceeds {upper}{what}.")
+    return v
+
+
+def _check_disjoint(members: dict[str, np.ndarray]) -> None:
+    """Refuse states that share cells (a cell can be in one state only), naming the pairs and counts."""
+    names = list(members)
+    clashes = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            both = np.intersect1d(members[a], members[b], assume_unique=True).size
+            if both:
+                clashes.append(f"{a!r} and {b!r} share {both} cell(s)")
+    if clashes:
+        raise ValueError(f"States overlap: {'; '.join(clashes)}. Give every cell to one state only.")
 
 
 class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and CFLARE are concrete
@@ -161,28 +208,32 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
                 raise TypeError("A Series of states must be categorical (NaN for unassigned cells).")
             if len(states) != n:
                 raise ValueError(f"States Series has {len(states)} entries, expected {n} cells.")
-            cats = (
-                states.reindex(obs_names)
-                if states.index.equals(obs_names) is False and states.index.isin(obs_names).all()
-                else states
-            )
+            if states.index.equals(obs_names):
+                cats = states
+            elif states.index.isin(obs_names).all() and states.index.is_unique:
+                cats = states.reindex(obs_names)
+            else:
+                raise ValueError(
+                    "The index of the states Series is neither adata.obs_names nor a reordering of them "
+                    f"({int((~states.index.isin(obs_names)).sum())} entries name unknown cells)."
+                )
             assignment = pd.Series(
                 pd.Categorical(np.asarray(cats.astype(object)), categories=[str(c) for c in states.cat.categories]),
                 index=obs_names,
             )
         elif isinstance(states, dict):
-            labels = np.full(n, None, dtype=object)
-            for name, cells in states.items():
-                arr = np.asarray(cells)
-                idx = (
-                    obs_names.get_indexer(arr.astype(str))
-                    if arr.dtype.kind not in "iub"
-                    else (np.flatnonzero(arr) if arr.dtype == bool else arr.astype(int))
+            if not states:
+                raise ValueError(
+                    "Got an empty dict of states; give at least one state (to drop the states, make a new estimator)."
                 )
-                if np.any(idx < 0):
-                    raise KeyError(f"State {name!r}: {int(np.sum(idx < 0))} cell names not found in adata.obs_names.")
-                labels[idx] = str(name)
-            assignment = pd.Series(pd.Categorical(labels, categories=[str(k) for k in states]), index=obs_names)
+            members = {str(name): self._cells_of(str(name), cells) for name, cells in states.items()}
+            if len(members) != len(states):
+                raise ValueError(f"State names must be unique as strings, got {list(states)}.")
+            _check_disjoint(members)
+            labels = np.full(n, None, dtype=object)
+            for name, idx in members.items():
+                labels[idx] = name
+            assignment = pd.Series(pd.Categorical(labels, categories=list(members)), index=obs_names)
         elif isinstance(states, list | tuple | str):
             names = [states] if isinstance(states, str) else list(states)
             return self._states_from_names(names, cluster_key, n_cells)
@@ -197,12 +248,60 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         colors = self._colors_for(list(assignment.cat.categories), cluster_key, assignment)
         return assignment, probs, colors
 
+    def _cells_of(self, name: str, cells: Any) -> np.ndarray:
+        """Integer indices of the cells of state ``name`` (obs names, integer indices or a boolean mask)."""
+        n = self.adata.n_obs
+        arr = np.asarray(cells)
+        if arr.ndim == 0:
+            arr = arr[None]
+        if arr.size == 0:
+            raise ValueError(f"State(s) [{name!r}] contain no cells.")
+        if arr.ndim != 1:
+            raise ValueError(f"State {name!r}: cells must be 1-D (names, indices or a mask), got shape {arr.shape}.")
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise ValueError(f"State {name!r}: boolean mask has shape {arr.shape}, expected ({n},).")
+            idx = np.flatnonzero(arr)
+        elif arr.dtype.kind in "iu":
+            if arr.size and (arr.min() < -n or arr.max() >= n):
+                raise IndexError(
+                    f"State {name!r}: cell indices must be in [-{n}, {n}), got range [{arr.min()}, {arr.max()}]."
+                )
+            idx = np.where(arr < 0, arr + n, arr).astype(np.int64)
+        elif arr.dtype.kind in "OUS":
+            idx = self.adata.obs_names.get_indexer(arr.astype(str))
+            if np.any(idx < 0):
+                missing = list(arr.astype(str)[idx < 0][:5])
+                raise KeyError(
+                    f"State {name!r}: {int(np.sum(idx < 0))} cell names not found in adata.obs_names, e.g. {missing}."
+                )
+        else:
+            raise TypeError(
+                f"State {name!r}: cells must be obs names, integer indices or a boolean mask, got dtype {arr.dtype}."
+            )
+        idx = np.unique(idx)
+        if idx.size == 0:
+            raise ValueError(f"State(s) [{name!r}] contain no cells.")
+        return idx
+
     def _states_from_names(self, names: list[str], cluster_key: str | None, n_cells: int | None):
         """States named by clusters of ``adata.obs[cluster_key]`` (estimators with macrostates override)."""
         if cluster_key is None:
             raise ValueError("Give cluster_key to select states by cluster name, or pass a dict of cells.")
-        col = self.adata.obs[cluster_key].astype(str)
-        return self._states_from({nm: np.flatnonzero(col.to_numpy() == nm) for nm in names}, cluster_key, n_cells)
+        if cluster_key not in self.adata.obs:
+            raise KeyError(
+                f"No cluster annotation adata.obs[{cluster_key!r}]; available: {list(self.adata.obs.columns)}."
+            )
+        if not names:
+            raise ValueError("Got an empty list of states; name at least one cluster.")
+        col = self.adata.obs[cluster_key].astype(str).to_numpy()
+        unknown = [nm for nm in names if not np.any(col == str(nm))]
+        if unknown:
+            raise ValueError(
+                f"Cluster(s) {unknown} not found in adata.obs[{cluster_key!r}]; "
+                f"available: {sorted(set(col.tolist()))[:20]}."
+            )
+        return self._states_from({nm: np.flatnonzero(col == str(nm)) for nm in names}, cluster_key, n_cells)
 
     def _colors_for(self, names: list[str], cluster_key: str | None, assignment: pd.Series | None = None) -> list[str]:
         colors = default_colors(len(names))
@@ -216,9 +315,20 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         return colors
 
     def _write_states(self, key: str, assignment: pd.Series, probs: pd.Series, colors: list[str]) -> None:
-        self.adata.obs[key] = assignment.values
-        self.adata.obs[_keys.probs(key)] = probs.values
-        self.adata.uns[_keys.colors(key)] = np.array(colors, dtype=object)
+        """Write a state assignment under ``obs[key]``, ``obs[f"{key}_probs"]``, ``uns[f"{key}_colors"]``.
+
+        Every value is built first, then assigned, so a conversion error cannot leave a partial write.
+        A state without cells is refused here too (a last line of defence for every caller).
+        """
+        counts = assignment.value_counts()
+        empty = [str(c) for c in assignment.cat.categories if counts.get(c, 0) == 0]
+        if empty:
+            raise ValueError(f"State(s) {empty} contain no cells; nothing was written to adata.obs[{key!r}].")
+        values, pvalues = assignment.values, np.asarray(probs.values, dtype=np.float64)
+        cols = np.array(colors, dtype=object)
+        self.adata.obs[key] = values
+        self.adata.obs[_keys.probs(key)] = pvalues
+        self.adata.uns[_keys.colors(key)] = cols
 
     def set_terminal_states(
         self,
@@ -228,12 +338,39 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         n_cells: int | None = 30,
         **kwargs: Any,
     ) -> BaseEstimator:
-        """Set terminal states from macrostate/cluster names, a dict of cells, or a categorical Series."""
+        """Set terminal states from macrostate/cluster names, a dict of cells, or a categorical Series.
+
+        Parameters
+        ----------
+        states
+            Names (of macrostates, or of clusters in ``adata.obs[cluster_key]``), a dict
+            ``{state: cells}`` (obs names, integer indices or a boolean mask; the sets must be
+            disjoint), or a categorical Series over the cells (NaN: no state).
+        cluster_key
+            Cluster annotation for names and colours.
+        allow_overlap
+            Allow cells that are also initial states.
+        n_cells
+            Cells per macrostate when states are named by macrostate (a positive integer).
+
+        Raises
+        ------
+        ValueError
+            An empty selection, a state without cells, states that overlap ("overlap", naming the
+            states and the number of shared cells), or cells shared with the initial states.
+        KeyError, IndexError, TypeError
+            Unknown cell names or cluster key, indices out of range, unknown options.
+
+        Nothing is changed (estimator or AnnData) when an error is raised.
+        """
+        check_no_options("set_terminal_states", kwargs)
+        if n_cells is not None:
+            n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
         assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
         self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
+        self._write_states(_keys.terminal_states(self.backward), assignment, probs, colors)
         self._terminal_states, self._terminal_probs, self._term_colors = assignment, probs, colors
         self._fate_probabilities = self._absorption_times = None
-        self._write_states(_keys.terminal_states(self.backward), assignment, probs, colors)
         info("Setting terminal states %s", list(assignment.cat.categories))
         return self
 
@@ -245,11 +382,14 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         n_cells: int | None = 30,
         **kwargs: Any,
     ) -> BaseEstimator:
-        """Set initial states (same input forms as :meth:`set_terminal_states`)."""
+        """Set initial states (same input forms and checks as :meth:`set_terminal_states`)."""
+        check_no_options("set_initial_states", kwargs)
+        if n_cells is not None:
+            n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
         assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
         self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
-        self._initial_states, self._initial_probs, self._init_colors = assignment, probs, colors
         self._write_states(_keys.initial_states(self.backward), assignment, probs, colors)
+        self._initial_states, self._initial_probs, self._init_colors = assignment, probs, colors
         info("Setting initial states %s", list(assignment.cat.categories))
         return self
 
@@ -293,45 +433,91 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
             )
         return self._terminal_states
 
-    def _solve_backend_and_T(self, backend: Any):
+    #: CellRank's joblib backends, accepted as ``backend=`` by the absorption methods and ignored here.
+    _JOBLIB_BACKENDS = ("loky", "multiprocessing", "threading")
+
+    def _solve_backend_and_T(self, backend: Any, use_petsc: bool | None = None):
+        if isinstance(backend, str) and backend.lower() in self._JOBLIB_BACKENDS:
+            info("    backend=%r is CellRank's joblib backend; no worker processes are used here (ignored)", backend)
+            backend = None
+        if use_petsc:
+            if backend is not None and get_backend(backend).name != "petsc":
+                raise ValueError(f"use_petsc=True contradicts backend={backend!r}; pass one of them.")
+            info("    use_petsc=True: solving on the 'petsc' backend")
+            backend = "petsc"  # unavailable -> BackendUnavailableError saying why (never a silent fallback)
         if backend is None or get_backend(backend) is self._backend:
             return self._backend, self._T
         be = get_backend(backend)
         info("Moving T from backend %r to %r for this computation", self._backend.name, be.name)
         return be, be.from_scipy_csr(self.transition_matrix)
 
+    @staticmethod
+    def _log_cellrank_options(n_jobs: Any, show_progress_bar: bool | None) -> None:
+        if n_jobs not in (None, 1):
+            info(
+                "    n_jobs=%r: all lineages are solved together in one block solve (one SpMM per step for every "
+                "column), so no worker processes are started; threads come from BLAS and the backend",
+                n_jobs,
+            )
+        if show_progress_bar is False:
+            info("    show_progress_bar=False: the solver's progress bar and progress lines are hidden")
+
+    def _kept_solver(self, solver: Any, method: str | None, preconditioner: Any) -> Any:
+        """The prepared solver of the last absorption solve, if the caller did not ask for another."""
+        kept = getattr(self, "_absorption_prepared", None)
+        if kept is not None and solver is None and method is None and preconditioner is None:
+            return kept
+        return solver
+
     def compute_fate_probabilities(
         self,
         keys: list[str] | None = None,
-        solver: str = "auto",
+        solver: Any = None,
         tol: float = 1e-10,
-        preconditioner: str | None = None,
+        preconditioner: Any = None,
         backend: Any = None,
         check_sum_tol: float = 1e-3,
         maxiter: int | None = None,
         method: str | None = None,
+        use_petsc: bool | None = None,
+        n_jobs: int | None = None,
+        show_progress_bar: bool | None = None,
+        restart: int | None = None,
         **kwargs: Any,
     ) -> Lineage:
-        """Absorption probabilities into each terminal state, all lineages in one block solve."""
+        """Absorption probabilities into each terminal state, all lineages in one block solve.
+
+        ``solver`` is a value of :mod:`cellfate_gpu.linalg.solvers` (default ``Auto()``, which logs
+        its choice) or one of CellRank's names ``"gmres"``, ``"lgmres"``, ``"bicgstab"``,
+        ``"gcrotmk"``, ``"direct"`` (``method`` is an older alias). ``use_petsc=True`` means the
+        ``petsc`` backend; ``n_jobs`` and ``show_progress_bar`` are accepted as in CellRank (logged:
+        the block solve needs no worker processes). The prepared solver (factorisation or AMG
+        hierarchy) is kept, so :meth:`compute_absorption_times` on the same terminal states reuses it.
+        """
         terminal = self._require_terminal("compute_fate_probabilities")
-        be, T = self._solve_backend_and_T(backend)
-        with timed("Computing fate probabilities (backend=%r)", be.name):
+        be, T = self._solve_backend_and_T(backend, use_petsc)
+        self._log_cellrank_options(n_jobs, show_progress_bar)
+        quiet = settings.using(verbosity=min(settings.verbosity, 1)) if show_progress_bar is False else nullcontext()
+        with timed("Computing fate probabilities (backend=%r)", be.name), quiet:
             cats = [str(c) for c in terminal.cat.categories]
             colors = None
             if keys is None and self._term_colors is not None:
                 colors = list(self._term_colors)
-            lin, _ = fate_probabilities(
+            lin, result = fate_probabilities(
                 be,
                 T,
                 terminal,
                 keys=keys,
-                method=method or solver,
+                solver=solver,
+                method=method,
                 tol=tol,
                 preconditioner=preconditioner,
                 maxiter=maxiter,
+                restart=restart,
                 check_sum_tol=check_sum_tol,
                 colors=colors if colors and len(colors) == len(cats) else None,
             )
+        self._absorption_prepared = result.prepared
         self._fate_probabilities = lin
         lin.to_adata(self.adata, _keys.fate_probabilities(self.backward))
         return lin
@@ -340,27 +526,44 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         self,
         keys: list[str] | None = None,
         calculate_variance: bool = False,
-        solver: str = "auto",
+        solver: Any = None,
         tol: float = 1e-10,
-        preconditioner: str | None = None,
+        preconditioner: Any = None,
         backend: Any = None,
+        maxiter: int | None = None,
+        method: str | None = None,
+        use_petsc: bool | None = None,
+        n_jobs: int | None = None,
+        show_progress_bar: bool | None = None,
+        restart: int | None = None,
         **kwargs: Any,
     ) -> pd.DataFrame:
-        """Mean (and variance of) the number of steps until absorption, per lineage."""
+        """Mean (and variance of) the number of steps until absorption, per lineage.
+
+        Solver arguments as in :meth:`compute_fate_probabilities`; without them the solver prepared
+        there is reused when the system is the same (same terminal states and keys). A system whose
+        fate probabilities are not distributions is refused here too, with the same message.
+        """
         terminal = self._require_terminal("compute_absorption_times")
-        be, T = self._solve_backend_and_T(backend)
-        with timed("Computing absorption times (backend=%r)", be.name):
-            df = absorption_times(
+        be, T = self._solve_backend_and_T(backend, use_petsc)
+        self._log_cellrank_options(n_jobs, show_progress_bar)
+        quiet = settings.using(verbosity=min(settings.verbosity, 1)) if show_progress_bar is False else nullcontext()
+        with timed("Computing absorption times (backend=%r)", be.name), quiet:
+            df, result = _absorption_times(
                 be,
                 T,
                 terminal,
                 keys=keys,
                 calculate_variance=calculate_variance,
-                method=solver,
+                solver=self._kept_solver(solver, method, preconditioner),
+                method=method,
                 tol=tol,
                 preconditioner=preconditioner,
+                maxiter=maxiter,
+                restart=restart,
                 index=self.adata.obs_names,
             )
+        self._absorption_prepared = result.prepared
         self._absorption_times = df
         self.adata.obsm[_keys.absorption_times(self.backward)] = df
         return df
@@ -398,22 +601,40 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
             raise RuntimeError(
                 "compute_lineage_drivers needs fate probabilities; call compute_fate_probabilities first."
             )
+        # CellRank passes these to its parallel correlation test; here the test is one block product.
+        check_no_options("compute_lineage_drivers", kwargs, allowed=("n_jobs", "backend", "show_progress_bar"))
         probs = self._fate_probabilities
         names = probs.names if lineages is None else ([lineages] if isinstance(lineages, str) else list(lineages))
+        if not names:
+            raise ValueError("lineages selects no lineage.")
         probs = probs[names]
         source = self.adata.raw if use_raw else self.adata
         if use_raw and source is None:
             raise ValueError("use_raw=True but adata.raw is None.")
-        X = source.layers[layer] if layer is not None else source.X
-        if layer is not None and layer not in source.layers:
-            raise KeyError(f"No layer {layer!r}; available: {list(source.layers.keys())}.")
+        if layer is not None:
+            if use_raw:
+                raise ValueError(f"layer={layer!r} cannot be used with use_raw=True (adata.raw has no layers).")
+            if layer not in source.layers:
+                raise KeyError(f"No expression in adata.layers[{layer!r}]; available: {list(source.layers.keys())}.")
+            X = source.layers[layer]
+        else:
+            X = source.X
+        if X is None:
+            raise ValueError("adata.X is None; give the expression with layer=... (a key of adata.layers).")
         cells = np.arange(self.adata.n_obs)
         if clusters is not None:
             if cluster_key is None:
                 raise ValueError("clusters needs cluster_key.")
-            cells = np.flatnonzero(self.adata.obs[cluster_key].astype(str).isin(list(clusters)).to_numpy())
-            if cells.size == 0:
-                raise ValueError(f"No cells in clusters {clusters} of adata.obs[{cluster_key!r}].")
+            if cluster_key not in self.adata.obs:
+                raise KeyError(
+                    f"No cluster annotation adata.obs[{cluster_key!r}]; available: {list(self.adata.obs.columns)}."
+                )
+            clusters = [clusters] if isinstance(clusters, str) else list(clusters)
+            col = self.adata.obs[cluster_key].astype(str)
+            unknown = sorted(set(map(str, clusters)) - set(col.unique()))
+            if unknown:
+                raise ValueError(f"Cluster(s) {unknown} not found in adata.obs[{cluster_key!r}].")
+            cells = np.flatnonzero(col.isin([str(c) for c in clusters]).to_numpy())
         with timed("Computing lineage drivers for %s (%d genes)", names, X.shape[1]):
             df = lineage_drivers(
                 X[cells],

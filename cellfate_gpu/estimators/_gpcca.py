@@ -515,9 +515,19 @@ def _name_states(chi: np.ndarray, n_cells: int | None, adata, cluster_key: str |
     else:
         raw = [str(j) for j in range(m)]
     names = core.unique_names(raw)
-    labels = np.full(n, None, dtype=object)
-    best = np.argmax(chi, axis=1)
+    # A cell among the top cells of several states goes to the claimant with the largest membership
+    # (not to the global argmax, which may be a state that does not claim it and so leave a state empty).
+    claim = np.full((n, m), -np.inf)
     for j, top in enumerate(tops):
-        mine = top[best[top] == j] if m > 1 else top
-        labels[mine] = names[j]
+        claim[top, j] = chi[top, j]
+    owner = np.argmax(claim, axis=1)
+    claimed = np.isfinite(claim.max(axis=1))
+    labels = np.full(n, None, dtype=object)
+    labels[claimed] = np.asarray(names, dtype=object)[owner[claimed]]
+    empty = [names[j] for j in range(m) if not np.any(owner[claimed] == j)]
+    if empty:
+        raise ValueError(
+            f"Macrostate(s) {empty} own none of their top {n_cells} cells (other states have larger memberships "
+            "there); use fewer n_states or a larger n_cells."
+        )
     return names, pd.Series(pd.Categorical(labels, categories=names), index=adata.obs_names)

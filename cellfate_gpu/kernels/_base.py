@@ -1,21 +1,29 @@
-"""Kernel base class and the kernel expression algebra (``0.8 * pk + 0.2 * ck``, ``pk * ck``, ``~pk``).
+"""The kernel base: what every kernel is, and how it holds its transition matrix.
 
 A kernel computes a row-stochastic transition matrix ``T`` on a backend and keeps it there;
 :attr:`Kernel.transition_matrix` is the host copy (an explicit, logged transfer) and
-:attr:`Kernel.native_transition_matrix` the backend object that estimators use.
+:attr:`Kernel.native_transition_matrix` the backend object that estimators use. Every matrix a
+kernel stores passes :func:`validate_transition_matrix` (square, ``n_cells x n_cells``, finite,
+non-negative, rows summing to one).
 
-Expressions follow CellRank 2.3.3: ``c * k`` attaches a weight, ``k1 + k2`` adds weighted
-terms whose constants are renormalised to sum to one (a term without a constant counts 1),
-``k1 * k2`` multiplies element-wise, and only the top-level expression is row-normalised
-(nested sums and products are combined unnormalised, as CellRank does).
+This module holds :class:`Kernel` (abstract), the two direction classes, the
+:class:`KernelExpression` that holds the matrix of ``0.8 * pk + 0.2 * ck`` (the algebra itself
+is :mod:`cellfate_gpu.kernels._algebra`), and :class:`PrecomputedKernel`, the kernel of a given
+matrix, which :meth:`Kernel.from_adata` returns (it lives here so that the root class and the
+kernel it loads need no import cycle). Serialisation is :mod:`cellfate_gpu.kernels._io`.
+
+How ``~k`` recomputes: a concrete kernel passes the keyword arguments that reproduce its
+computation to :meth:`Kernel._set_native` (``recompute=``); ``~k`` copies the kernel, flips the
+direction and recomputes with those arguments on first use. No method is rewritten behind the
+subclass's back.
 """
 
 from __future__ import annotations
 
 import abc
 import copy as _copy
-import functools
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, final
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,9 +31,19 @@ import scipy.sparse as sp
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends import Backend, get_backend
+from cellfate_gpu.kernels import _algebra, _io
+from cellfate_gpu.kernels._random_walk import simulate_random_walks
 from cellfate_gpu.kernels._rowwise import row_normalize
 
-__all__ = ["Kernel", "UnidirectionalKernel", "BidirectionalKernel", "KernelExpression", "validate_transition_matrix"]
+__all__ = [
+    "BidirectionalKernel",
+    "Kernel",
+    "KernelExpression",
+    "PrecomputedKernel",
+    "UnidirectionalKernel",
+    "check_no_options",
+    "validate_transition_matrix",
+]
 
 #: Rows of T must sum to one within this tolerance.
 ROW_SUM_TOL = 1e-6
@@ -46,6 +64,8 @@ def validate_transition_matrix(backend: Backend, T: Any, n: int | None = None) -
         raise ValueError(f"Transition matrix must be square, got shape {shape}.")
     if n is not None and shape[0] != n:
         raise ValueError(f"Transition matrix has shape {shape}, expected ({n}, {n}) for {n} cells.")
+    if shape[0] == 0:
+        raise ValueError("Transition matrix has no cells (shape (0, 0)); a Markov chain needs at least one state.")
     xp = backend.xp
     data, _, indptr = backend.csr_components(T)
     row_sums = backend.segment_sum(xp.astype(data, xp.float64), indptr)
@@ -66,6 +86,20 @@ def validate_transition_matrix(backend: Backend, T: Any, n: int | None = None) -
         raise ValueError(f"{int(bad[2])} row(s) of the transition matrix do not sum to 1 (tolerance {ROW_SUM_TOL:g}).")
 
 
+def check_no_options(where: str, options: Mapping[str, Any], allowed: tuple[str, ...] = ()) -> None:
+    """Refuse keyword options that ``where`` does not know (instead of swallowing them in ``**kwargs``).
+
+    Raises
+    ------
+    TypeError
+        Naming every unknown option (and the accepted ones, if any).
+    """
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        valid = f"; accepted here: {sorted(allowed)}" if allowed else ""
+        raise TypeError(f"{where} got unknown option(s) {unknown}{valid}.")
+
+
 def _format_value(value: Any) -> str:
     """One parameter value as CellRank prints it: floats rounded to 3 digits, everything else ``repr``."""
     if isinstance(value, bool | np.bool_):
@@ -77,45 +111,8 @@ def _format_value(value: Any) -> str:
     return repr(value)
 
 
-def _format_constant(c: float) -> str:
-    """A weight as CellRank's ``Constant`` prints it: ``repr(round(c, 3))``."""
-    return repr(round(c, 3)) if isinstance(c, float) else repr(c)
-
-
-def _serialisable(params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` in a form h5ad can store: ``None`` dropped, callables and other objects stringified."""
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if v is None:
-            continue
-        if isinstance(v, bool | int | float | str | np.bool_ | np.integer | np.floating):
-            out[str(k)] = v
-        elif isinstance(v, dict):
-            out[str(k)] = _serialisable(v)
-        elif isinstance(v, list | tuple) and v and all(isinstance(x, int | float | str) for x in v):
-            if len({type(x) for x in v}) == 1:
-                out[str(k)] = list(v)
-            else:
-                out[str(k)] = str(list(v))
-        elif isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
-            out[str(k)] = v
-        else:
-            out[str(k)] = getattr(v, "__name__", None) or str(v)
-    return out
-
-
-def _record_compute(fn):
-    """Wrap a concrete ``compute_transition_matrix`` to remember its arguments (for lazy recompute after ``~``)."""
-
-    @functools.wraps(fn)
-    def compute(self, *args: Any, **kwargs: Any):
-        out = fn(self, *args, **kwargs)
-        self._compute_call = (args, dict(kwargs))
-        self._pending = None
-        return out
-
-    compute._records_call = True  # type: ignore[attr-defined]
-    return compute
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool | np.bool_)
 
 
 class Kernel(abc.ABC):
@@ -135,14 +132,9 @@ class Kernel(abc.ABC):
         self._T: Any = None
         self._backend: Backend | None = None
         self._params: dict[str, Any] = {}
-        self._compute_call: tuple[tuple, dict] | None = None
-        self._pending: tuple[tuple, dict] | None = None
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        fn = cls.__dict__.get("compute_transition_matrix")
-        if fn is not None and not getattr(fn, "__isabstractmethod__", False) and not hasattr(fn, "_records_call"):
-            cls.compute_transition_matrix = _record_compute(fn)
+        self._recompute: dict[str, Any] | None = None  # keyword arguments that reproduce T (for ~)
+        self._pending: dict[str, Any] | None = None  # recompute with these on first use (after ~)
+        self._placeholder_adata = False  # True when the kernel made an empty AnnData for a bare matrix
 
     # ---------------------------------------------------------------- properties
     @property
@@ -171,6 +163,11 @@ class Kernel(abc.ABC):
         return [self]
 
     @property
+    def expression(self) -> _algebra.Expression | None:
+        """The algebra node of an expression (operation, operands, constant); ``None`` for a leaf kernel."""
+        return None
+
+    @property
     def shape(self) -> tuple[int, int]:
         """``(n_cells, n_cells)``."""
         n = len(self)
@@ -189,11 +186,10 @@ class Kernel(abc.ABC):
             If it has not been computed yet.
         """
         if self._T is None and self._pending is not None:
-            args, kwargs = self._pending
             debug(
                 "Recomputing the transition matrix of %s with the arguments of the inverted kernel", type(self).__name__
             )
-            self.compute_transition_matrix(*args, **kwargs)
+            self.compute_transition_matrix(**self._pending)
         if self._T is None:
             raise RuntimeError(
                 f"{type(self).__name__}: compute the transition matrix first (`.compute_transition_matrix()`)."
@@ -221,10 +217,20 @@ class Kernel(abc.ABC):
             matrix.sum_duplicates()
         self._set_native(backend.ensure_native(matrix), backend, self._params)
 
-    def _set_native(self, T: Any, backend: Backend, params: dict[str, Any]) -> None:
-        """Validate native ``T`` on ``backend`` (square n x n, finite, non-negative, stochastic) and store it."""
+    def _set_native(
+        self, T: Any, backend: Backend, params: dict[str, Any], *, recompute: Mapping[str, Any] | None = None
+    ) -> None:
+        """Validate native ``T`` on ``backend`` (square n x n, finite, non-negative, stochastic) and store it.
+
+        Parameters
+        ----------
+        recompute
+            Keyword arguments of ``compute_transition_matrix`` that reproduce ``T``; ``~self``
+            recomputes with them. ``None``: ``~self`` must be computed explicitly.
+        """
         validate_transition_matrix(backend, T, len(self))
         self._T, self._backend, self._params = T, backend, dict(params)
+        self._recompute = None if recompute is None else dict(recompute)
         self._pending = None
 
     @staticmethod
@@ -258,7 +264,8 @@ class Kernel(abc.ABC):
         The layout is CellRank's: ``uns[f"{key}_params"] = {"params": ..., "init": ...}`` (an existing
         dict there is updated, not replaced), plus ``"repr"`` with this kernel's repr. ``None`` values
         are dropped and objects stringified so the result can be written to ``.h5ad``; the order of
-        the parameters (which h5ad sorts) is kept in ``"params_order"``.
+        the parameters (which h5ad sorts) is kept in ``"params_order"``. See
+        :mod:`cellfate_gpu.kernels._io`.
 
         Parameters
         ----------
@@ -268,18 +275,9 @@ class Kernel(abc.ABC):
             Store a copy of the host matrix.
         """
         key = key or _keys.transition_matrix(bool(self.backward))
-        T = self.transition_matrix
-        adata = self.adata
-        adata.obsp[key] = T.copy() if copy else T
-        pkey = _keys.transition_params(key)
-        adata.uns[pkey] = {
-            **dict(adata.uns.get(pkey, {}) or {}),
-            "params": (params := _serialisable(self.params)),
-            "params_order": np.array(list(params), dtype=object) if params else np.array([], dtype=str),
-            "init": _serialisable(self._init_kwargs()),
-            "repr": repr(self),
-        }
-        info("Writing the transition matrix to adata.obsp[%r] and its parameters to adata.uns[%r]", key, pkey)
+        _io.write_kernel(
+            self.adata, key, self.transition_matrix, self.params, self._init_kwargs(), repr(self), copy=copy
+        )
 
     @classmethod
     def from_adata(cls, adata, key: str, copy: bool = False) -> Kernel:
@@ -287,9 +285,8 @@ class Kernel(abc.ABC):
 
         Called on a concrete kernel class (e.g. ``PseudotimeKernel.from_adata``), the kernel is
         rebuilt as CellRank does, ``cls(adata, **init)``, with the stored matrix and parameters.
-        Called on :class:`Kernel` (or when that fails), a
-        :class:`~cellfate_gpu.kernels.PrecomputedKernel` is returned whose ``params`` are the
-        stored ones plus ``origin``.
+        Called on :class:`Kernel` (or when that fails), a :class:`PrecomputedKernel` is returned
+        whose ``params`` are the stored ones plus ``origin``.
 
         Parameters
         ----------
@@ -300,20 +297,10 @@ class Kernel(abc.ABC):
         copy
             Copy the matrix instead of sharing it with ``adata``.
         """
-        from cellfate_gpu.kernels._precomputed import PrecomputedKernel
-
-        if key not in adata.obsp:
-            raise KeyError(f"No transition matrix in adata.obsp[{key!r}]; available: {list(adata.obsp.keys())}.")
-        stored = dict(adata.uns.get(_keys.transition_params(key), {}) or {})
-        params = _to_plain(stored.get("params", {}) or {})
-        order = [str(k) for k in stored.get("params_order", [])]  # h5ad sorts keys; restore the written order
-        params = {k: params[k] for k in [*order, *params] if k in params}
-        init = _to_plain(stored.get("init", {}) or {})
-        T = adata.obsp[key]
-        T = T.copy() if copy else T
-        if not inspect_abstract(cls) and cls is not PrecomputedKernel:
+        stored = _io.read_kernel(adata, key, copy=copy)
+        if not getattr(cls, "__abstractmethods__", None) and cls is not PrecomputedKernel:
             try:
-                kernel = cls(adata, **init)
+                kernel = cls(adata, **stored.init)
             except (TypeError, KeyError, ValueError) as e:
                 info(
                     "Could not rebuild %s from adata.uns[%r]['init'] (%s); using a PrecomputedKernel",
@@ -322,13 +309,12 @@ class Kernel(abc.ABC):
                     e,
                 )
             else:
-                kernel.transition_matrix = T
-                kernel._params = params
+                kernel.transition_matrix = stored.matrix
+                kernel._params = stored.params
                 return kernel
-        backward = init.get("backward", True if key.endswith("_bwd") else False if key.endswith("_fwd") else None)
-        kernel = PrecomputedKernel(T, adata=adata, backward=backward)
-        kernel._params = {**params, "origin": f"adata.obsp[{key!r}]"}
-        kernel._stored_repr = stored.get("repr")
+        kernel = PrecomputedKernel(stored.matrix, adata=adata, backward=stored.backward)
+        kernel._params = {**stored.params, "origin": f"adata.obsp[{key!r}]"}
+        kernel._stored_repr = stored.repr
         return kernel
 
     def copy(self, *, deep: bool = False) -> Kernel:
@@ -351,8 +337,6 @@ class Kernel(abc.ABC):
         stop_ixs: Any = None,
     ) -> list[np.ndarray]:
         """Simulate random walks on T; see :func:`cellfate_gpu.kernels._random_walk.simulate_random_walks`."""
-        from cellfate_gpu.kernels._random_walk import simulate_random_walks
-
         return simulate_random_walks(
             self,
             n_sims=n_sims,
@@ -362,6 +346,22 @@ class Kernel(abc.ABC):
             start_ixs=start_ixs,
             stop_ixs=stop_ixs,
         )
+
+    def compute_projection(
+        self, basis: str = "umap", key_added: str | None = None, recompute: bool = False, connectivities: Any = None
+    ):
+        """Project the transition matrix onto an embedding (``obsm["T_fwd_<basis>"]``), as CellRank."""
+        from cellfate_gpu.kernels._projection import compute_projection
+
+        return compute_projection(
+            self, basis=basis, key_added=key_added, recompute=recompute, connectivities=connectivities
+        )
+
+    def plot_projection(self, basis: str = "umap", stream: bool = True, **kwargs: Any):
+        """Streamlines (or grid arrows) of the projected transition matrix, as CellRank."""
+        from cellfate_gpu.kernels._projection import plot_projection
+
+        return plot_projection(self, basis=basis, stream=stream, **kwargs)
 
     def plot_random_walks(
         self,
@@ -382,8 +382,8 @@ class Kernel(abc.ABC):
         ax: Any = None,
         **kwargs: Any,
     ):
-        """Simulate random walks and draw them on an embedding; see :func:`.plot_random_walks`."""
-        from cellfate_gpu.kernels._random_walk import plot_random_walks
+        """Simulate random walks and draw them on an embedding; see :func:`cellfate_gpu.pl.plot_random_walks`."""
+        from cellfate_gpu.pl._random_walks import plot_random_walks
 
         return plot_random_walks(
             self,
@@ -407,13 +407,10 @@ class Kernel(abc.ABC):
 
     # ---------------------------------------------------------------- algebra
     def __mul__(self, other: Any) -> Kernel:
-        if isinstance(other, int | float | np.integer | np.floating) and not isinstance(other, bool):
-            c = other.item() if isinstance(other, np.generic) else other
-            if isinstance(self, _Scaled):  # c1 * (c2 * k) is (c1 c2) * k
-                return _Scaled(c * self.constant, self._children[0])
-            return _Scaled(c, self)
+        if _is_number(other):
+            return KernelExpression(_algebra.make_scaled(other, self))
         if isinstance(other, Kernel):
-            return _Product([self, other])
+            return KernelExpression(_algebra.make_product([self, other]))
         return NotImplemented
 
     def __rmul__(self, other: Any) -> Kernel:
@@ -422,7 +419,7 @@ class Kernel(abc.ABC):
     def __add__(self, other: Any) -> Kernel:
         if not isinstance(other, Kernel):
             return NotImplemented
-        return _Sum([self, other])
+        return KernelExpression(_algebra.make_sum([self, other]))
 
     def __radd__(self, other: Any) -> Kernel:
         return self.__add__(other)
@@ -448,24 +445,6 @@ class Kernel(abc.ABC):
         return self._format(top=True, short=True)
 
 
-def inspect_abstract(cls: type) -> bool:
-    """Whether ``cls`` cannot be instantiated (abstract methods left)."""
-    return bool(getattr(cls, "__abstractmethods__", None))
-
-
-def _to_plain(d: Any) -> dict[str, Any]:
-    """A mapping read back from h5ad (values may be NumPy scalars) as a plain dict."""
-    out = {}
-    for k, v in dict(d).items():
-        if isinstance(v, dict):
-            out[k] = _to_plain(v)
-        elif isinstance(v, np.generic):
-            out[k] = v.item()
-        else:
-            out[k] = v
-    return out
-
-
 class UnidirectionalKernel(Kernel):
     """A kernel without direction (connectivities, precomputed matrices, real time): ``~k`` raises ``TypeError``."""
 
@@ -473,8 +452,9 @@ class UnidirectionalKernel(Kernel):
 class BidirectionalKernel(Kernel):
     """A kernel with a direction: ``~k`` is a copy for the reversed process.
 
-    The copy has no matrix yet; if ``k`` had been computed, the copy recomputes its matrix lazily,
-    with the same arguments, on first use. Subclasses whose stored state depends on the direction
+    The copy has no matrix yet; if ``k`` had been computed (and its ``compute_transition_matrix``
+    passed ``recompute=`` to :meth:`_set_native`), the copy recomputes its matrix lazily, with the
+    same arguments, on first use. Subclasses whose stored state depends on the direction
     override :meth:`_reversed` (the default copies and flips :attr:`backward`).
     """
 
@@ -486,62 +466,117 @@ class BidirectionalKernel(Kernel):
     def __invert__(self) -> BidirectionalKernel:
         out = self._reversed()
         out._T, out._backend, out._params = None, None, {}
-        out._pending = self._compute_call if self._T is not None else self._pending
-        out._compute_call = None
+        out._pending = self._recompute if self._T is not None else self._pending
+        out._recompute = None
         return out
 
 
-class KernelExpression(Kernel):
-    """Abstract base of scaled kernels, sums and products; T is computed from the children.
+def _leaf_native(kernel: Kernel, backend: Backend) -> Any:
+    T = kernel.native_transition_matrix
+    if kernel.backend is backend or (backend.is_native(T) and kernel.backend.name == backend.name):
+        return T
+    info("Moving the transition matrix of %r from backend %r to %r", kernel, kernel.backend.name, backend.name)
+    return backend.from_scipy_csr(kernel.transition_matrix)
 
-    Parameters
-    ----------
-    children
-        The operands (kernels or expressions over the same cells).
+
+def _first_backend(kernels: list[Kernel]) -> Backend:
+    for k in kernels:
+        if k.backend is not None:
+            return k.backend
+    if kernels:  # only lazily pending ones left: computing the first one picks the backend
+        kernels[0].native_transition_matrix  # noqa: B018
+        return kernels[0].backend
+    return get_backend(None)
+
+
+def _common_adata(operands: list[Kernel]):
+    """The one AnnData all operands describe (placeholder AnnData of bare matrices aside).
 
     Raises
     ------
     ValueError
-        Forward and backward operands are mixed, or the operands have different numbers of cells.
+        Operands have different numbers of cells, or are built on different AnnData objects
+        (same size or not: their cells need not be the same cells).
+    """
+    n = len(operands[0])
+    for op in operands[1:]:
+        if len(op) != n:
+            raise ValueError(f"Kernels have different numbers of cells: {n} vs {len(op)}.")
+    real = []
+    for leaf in (leaf for op in operands for leaf in op.kernels):
+        if not leaf._placeholder_adata and all(leaf.adata is not a for a in real):
+            real.append(leaf.adata)
+    if len(real) > 1:
+        raise ValueError(
+            f"Cannot combine kernels built on {len(real)} different AnnData objects (each with {n} cells): "
+            "the cells of one need not be the cells of the other. Build every kernel of the expression on the "
+            "same AnnData object."
+        )
+    return real[0] if real else operands[0].adata
+
+
+@final
+class KernelExpression(Kernel):
+    r"""A scaled kernel, a weighted sum or an element-wise product of kernels; T is computed from the operands.
+
+    The expression is an :class:`~cellfate_gpu.kernels._algebra.Expression` node (public as
+    :attr:`expression`: ``operation``, ``operands``, ``constant``). Its matrix is the
+    row-normalised combination of the operands' matrices,
+    :math:`T = \operatorname{rownorm}(\sum_i w_i T_i)` for a sum and
+    :math:`\operatorname{rownorm}(T_1 \circ T_2 \circ \dots)` for a product.
+
+    Parameters
+    ----------
+    expression
+        The node (made by ``c * k``, ``k1 + k2``, ``k1 * k2``).
+
+    Raises
+    ------
+    ValueError
+        Forward and backward operands are mixed, the operands have different numbers of cells, or
+        they were built on different AnnData objects.
     """
 
-    def __init__(self, children: list[Kernel]):
-        if not children:
-            raise ValueError("A kernel expression needs at least one kernel.")
-        directions = {k.backward for k in children if k.backward is not None}
+    def __init__(self, expression: _algebra.Expression):
+        operands = list(expression.operands)
+        directions = {k.backward for k in operands if k.backward is not None}
         if len(directions) > 1:
             raise ValueError(
                 "Cannot combine forward and backward kernels "
-                f"({', '.join(repr(k) for k in children)}); invert one of them with `~` first."
+                f"({', '.join(repr(k) for k in operands)}); invert one of them with `~` first."
             )
-        n = len(children[0])
-        for child in children[1:]:
-            if len(child) != n:
-                raise ValueError(f"Kernels have different numbers of cells: {n} vs {len(child)}.")
-        super().__init__(children[0].adata, backward=directions.pop() if directions else None)
-        self._children = list(children)
+        adata = _common_adata(operands)
+        super().__init__(adata, backward=directions.pop() if directions else None)
+        self._expression = expression
+
+    @property
+    def expression(self) -> _algebra.Expression:
+        """The algebra node: ``operation`` (``"scale"``, ``"sum"``, ``"product"``), ``operands``, ``constant``."""
+        return self._expression
+
+    @property
+    def operands(self) -> list[Kernel]:
+        """The direct operands of this node."""
+        return list(self._expression.operands)
 
     @property
     def adata(self):
-        """The annotated data of the first operand."""
-        return self._children[0].adata
+        """The annotated data the operands share."""
+        return _common_adata(self.operands)
 
     @property
     def kernels(self) -> list[Kernel]:
         """The leaf kernels of the expression, in order."""
-        out: list[Kernel] = []
-        for child in self._children:
-            out.extend(child.kernels)
-        return out
+        return [leaf for op in self._expression.operands for leaf in op.kernels]
 
     def __len__(self) -> int:
-        return len(self._children[0])
+        return len(self._expression.operands[0])
 
     def _is_computed(self) -> bool:
         return all(k._is_computed() for k in self.kernels)
 
     def compute_transition_matrix(self, *args: Any, backend: Any = None, **kwargs: Any) -> KernelExpression:
-        """Combine the children's transition matrices (each must be computed); returns ``self``.
+        """Combine the operands' transition matrices (each must be computed); returns ``self``.
 
         Parameters
         ----------
@@ -560,143 +595,172 @@ class KernelExpression(Kernel):
                 "(call `.compute_transition_matrix()` on each)."
             )
         be = get_backend(backend) if backend is not None else _first_backend(self.kernels)
-        raw = self._raw(be)
-        self._T = row_normalize(be, raw, what=f"kernel expression {self!r}")
-        self._backend = be
-        validate_transition_matrix(be, self._T, len(self))
+        T = row_normalize(be, self._raw(be), what=f"kernel expression {self!r}")
+        validate_transition_matrix(be, T, len(self))
+        self._T, self._backend = T, be
         return self
 
     @property
     def native_transition_matrix(self) -> Any:
-        """The combined matrix on its backend, computed from the children on first use."""
+        """The combined matrix on its backend, computed from the operands on first use."""
         if self._T is None:
             self.compute_transition_matrix()
         return self._T
 
-    @abc.abstractmethod
     def _raw(self, backend: Backend) -> Any:
-        """The unnormalised combination of the children on ``backend`` (CellRank normalises only the top)."""
+        """The unnormalised combination on ``backend`` (CellRank normalises only the top)."""
+
+        def raw_of(op: Kernel) -> Any:
+            return op._raw(backend) if isinstance(op, KernelExpression) else _leaf_native(op, backend)
+
+        return _algebra.combine(backend, self._expression, raw_of)
 
     @property
     def params(self) -> dict[str, Any]:
         """``{f"{KernelName}_{i}": kernel.params}`` over the leaf kernels."""
         return {f"{type(k).__name__}_{i}": k.params for i, k in enumerate(self.kernels)}
 
-    def _init_kwargs(self) -> dict[str, Any]:
-        return {} if self.backward is None else {"backward": bool(self.backward)}
-
-    def _rebuild(self, children: list[Kernel]) -> KernelExpression:
-        """The same operation over other operands."""
-        raise NotImplementedError
-
     def copy(self, *, deep: bool = False) -> KernelExpression:
-        """Copy of the expression and its operands."""
-        return self._rebuild([c.copy(deep=deep) for c in self._children])
+        """Copy of the expression and its operands (``deep``: one copy of the AnnData, shared by all leaves)."""
+        if not deep:
+            return KernelExpression(self._expression.with_operands([op.copy() for op in self.operands]))
+        return _deep_copy(self, _common_adata(self.operands).copy())
 
     def __invert__(self) -> KernelExpression:
         """Reverse every bidirectional operand (CellRank: direction-less ones are copied)."""
         if self.backward is None:
             return self.copy()
-        return self._rebuild([~c if c.backward is not None else c.copy() for c in self._children])
+        return KernelExpression(
+            self._expression.with_operands([~op if op.backward is not None else op.copy() for op in self.operands])
+        )
 
     def _format(self, *, top: bool, short: bool = False) -> str:
-        body = self._format_body(short=short)
+        body = _algebra.format_expression(self._expression, lambda op: op._format(top=False, short=short))
         return f"~{body}" if self.backward and top else body
 
-    @abc.abstractmethod
-    def _format_body(self, *, short: bool) -> str:
-        pass
+
+def _deep_copy(kernel: Kernel, adata) -> Kernel:
+    """Deep copy of an expression tree whose leaves all get ``adata`` (bare-matrix placeholders keep theirs)."""
+    if isinstance(kernel, KernelExpression):
+        return KernelExpression(kernel.expression.with_operands([_deep_copy(op, adata) for op in kernel.operands]))
+    out = kernel.copy()
+    out._T = _copy.deepcopy(kernel._T) if kernel._T is not None else None
+    out._adata = kernel.adata.copy() if kernel._placeholder_adata else adata
+    return out
 
 
-def _leaf_native(kernel: Kernel, backend: Backend) -> Any:
-    T = kernel.native_transition_matrix
-    if kernel.backend is backend or (backend.is_native(T) and kernel.backend.name == backend.name):
-        return T
-    info("Moving the transition matrix of %r from backend %r to %r", kernel, kernel.backend.name, backend.name)
-    return backend.from_scipy_csr(kernel.transition_matrix)
+@final
+class PrecomputedKernel(UnidirectionalKernel):
+    """Wrap a row-stochastic matrix, ``adata.obsp[obsp_key]``, or another kernel's matrix (CellRank 2.3.3).
 
+    Unlike CellRank, the matrix is not silently row-normalised: it must already be row-stochastic
+    (rows summing to one within ``1e-6``), else a ``ValueError`` names the number of bad rows.
 
-def _raw_of(kernel: Kernel, backend: Backend) -> Any:
-    return kernel._raw(backend) if isinstance(kernel, KernelExpression) else _leaf_native(kernel, backend)
+    Parameters
+    ----------
+    object
+        A SciPy sparse or dense matrix, a computed :class:`Kernel` (its matrix, direction and
+        parameters are taken), an :class:`~anndata.AnnData` (read ``obsp[obsp_key]``), an
+        ``obsp`` key (with ``adata``), or ``None`` to read ``adata.obsp[obsp_key]``.
+    adata
+        Annotated data (an empty one with matching ``n_obs`` is made for a bare matrix).
+    obsp_key
+        Key in ``adata.obsp``; default ``T_bwd`` if ``backward`` else ``T_fwd``.
+    backward
+        Direction of the process the matrix describes (``None``: no direction).
+    backend
+        Where the matrix is stored (default ``settings.backend``).
 
-
-def _first_backend(kernels: list[Kernel]) -> Backend:
-    for k in kernels:
-        if k.backend is not None:
-            return k.backend
-    if kernels:  # only lazily pending ones left: computing the first one picks the backend
-        kernels[0].native_transition_matrix  # noqa: B018
-        return kernels[0].backend
-    return get_backend(None)
-
-
-class _Scaled(KernelExpression):
-    r"""``c * k``. Inside a sum the constants are renormalised; alone (or in a product) ``c`` cancels."""
-
-    def __init__(self, constant: float, kernel: Kernel):
-        if isinstance(constant, bool) or not np.isfinite(constant) or constant <= 0:
-            raise ValueError(f"Kernel weights must be finite and positive, got {constant!r}.")
-        super().__init__([kernel])
-        self.constant = constant
-
-    def _rebuild(self, children):
-        return _Scaled(self.constant, children[0])
-
-    def _raw(self, backend):
-        return backend.linear_combination([float(self.constant)], [_raw_of(self._children[0], backend)])
-
-    def _format_body(self, *, short: bool) -> str:
-        return f"{_format_constant(self.constant)} * {self._children[0]._format(top=False, short=short)}"
-
-
-class _Sum(KernelExpression):
-    r"""``Σ c_i k_i`` with the :math:`c_i` renormalised to sum to one, as CellRank does.
-
-    A term without a constant counts as ``1 * k`` (so ``k1 + k2`` is ``0.5 * k1 + 0.5 * k2``).
+    Notes
+    -----
+    ``params['origin']`` records where the matrix came from (``'array'``,
+    ``"adata.obsp['T_fwd']"`` or the source kernel's repr), as in CellRank.
     """
 
-    def __init__(self, terms: list[Kernel]):
-        flat: list[Kernel] = []
-        for t in terms:
-            flat.extend(t._children if isinstance(t, _Sum) else [t])
-        super().__init__(flat)
+    def __init__(
+        self,
+        object: Any = None,
+        adata=None,
+        obsp_key: str | None = None,
+        backward: bool | None = False,
+        *,
+        backend: Any = None,
+    ):
+        import anndata as ad
 
-    def _rebuild(self, children):
-        return _Sum(children)
+        params: dict[str, Any] = {}
+        if isinstance(object, ad.AnnData):
+            object, adata = None, object
+        if isinstance(object, str):
+            object, obsp_key = None, object
+        if isinstance(object, Kernel):
+            adata = adata if adata is not None else object.adata
+            backward = object.backward
+            matrix = object.transition_matrix
+            params = {**object.params, "origin": repr(object)}
+        elif object is None:
+            if adata is None:
+                raise ValueError("Give a matrix, a kernel, or adata with obsp_key.")
+            obsp_key = obsp_key or ("T_bwd" if backward else "T_fwd")
+            if obsp_key not in adata.obsp:
+                raise KeyError(
+                    f"No transition matrix in adata.obsp[{obsp_key!r}]; available: {list(adata.obsp.keys())}."
+                )
+            matrix = adata.obsp[obsp_key]
+            params = {"origin": f"adata.obsp[{obsp_key!r}]"}
+        else:
+            matrix = object
+            params = {"origin": "array"}
+        if not sp.issparse(matrix):
+            try:
+                matrix = np.asarray(matrix, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise TypeError(
+                    f"A transition matrix must be numeric (sparse or dense), got {type(matrix).__name__}: {e}"
+                ) from None
+            if matrix.ndim != 2:
+                raise ValueError(f"Transition matrix must be 2-D, got shape {matrix.shape}.")
+        if matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"Transition matrix must be square, got shape {matrix.shape}.")
+        placeholder = adata is None
+        if adata is None:
+            adata = ad.AnnData(shape=(matrix.shape[0], 0))
+        elif adata.n_obs != matrix.shape[0]:
+            raise ValueError(f"Transition matrix has shape {matrix.shape} but adata has {adata.n_obs} cells.")
+        super().__init__(adata, backward=None)
+        self._placeholder_adata = placeholder
+        self._direction = None if backward is None else bool(backward)
+        self._obsp_key = obsp_key
+        self._stored_repr: str | None = None
+        be = get_backend(backend)
+        host = sp.csr_matrix(matrix, dtype=np.float64)
+        host.sum_duplicates()
+        self._set_native(be.ensure_native(host), be, params)
+        info("Using a precomputed transition matrix (%d cells) on backend %r", matrix.shape[0], be.name)
 
-    def _weights(self) -> np.ndarray:
-        w = np.array([c.constant if isinstance(c, _Scaled) else 1.0 for c in self._children], dtype=np.float64)
-        return w / w.sum()
+    @property
+    def backward(self) -> bool | None:
+        """Direction of the process the matrix describes."""
+        return self._direction
 
-    def _raw(self, backend):
-        terms = [c._children[0] if isinstance(c, _Scaled) else c for c in self._children]
-        return backend.linear_combination([float(x) for x in self._weights()], [_raw_of(t, backend) for t in terms])
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {} if self._direction is None else {"backward": self._direction}
 
-    def _format_body(self, *, short: bool) -> str:
-        parts = []
-        for w, c in zip(self._weights(), self._children, strict=True):
-            term = c._children[0] if isinstance(c, _Scaled) else c
-            parts.append(f"{_format_constant(float(w))} * {term._format(top=False, short=short)}")
-        return "(" + " + ".join(parts) + ")"
+    def compute_transition_matrix(self, *args: Any, backend: Any = None, **kwargs: Any) -> PrecomputedKernel:
+        """Nothing to compute; moves T to ``backend`` if one is given. Returns ``self``.
 
-
-class _Product(KernelExpression):
-    """Element-wise product ``k1 * k2`` (row-normalised only at the top of an expression)."""
-
-    def __init__(self, factors: list[Kernel]):
-        flat: list[Kernel] = []
-        for f in factors:
-            flat.extend(f._children if isinstance(f, _Product) else [f])
-        super().__init__(flat)
-
-    def _rebuild(self, children):
-        return _Product(children)
-
-    def _raw(self, backend):
-        out = _raw_of(self._children[0], backend)
-        for child in self._children[1:]:
-            out = backend.multiply(out, _raw_of(child, backend))
-        return out
-
-    def _format_body(self, *, short: bool) -> str:
-        return "(" + " * ".join(c._format(top=False, short=short) for c in self._children) + ")"
+        Raises
+        ------
+        TypeError
+            For any other argument (a precomputed matrix has no parameters).
+        """
+        if args:
+            raise TypeError(
+                f"PrecomputedKernel.compute_transition_matrix takes no positional arguments, got {len(args)}."
+            )
+        check_no_options("PrecomputedKernel.compute_transition_matrix", kwargs)
+        if backend is not None:
+            be = self._resolve_backend(backend)
+            if be is not self._backend:
+                self._set_native(be.from_scipy_csr(self.transition_matrix), be, self._params)
+        return self

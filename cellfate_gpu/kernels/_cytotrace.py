@@ -24,7 +24,7 @@ import scipy.stats as st
 
 from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu.kernels._base import BidirectionalKernel, _format_value
-from cellfate_gpu.kernels._graph import read_connectivities
+from cellfate_gpu.kernels._graph import read_connectivities, read_obs_vector
 from cellfate_gpu.kernels._pseudotime import PseudotimeKernel
 
 __all__ = ["CytoTRACEKernel", "num_expressed_genes", "gene_count_correlation", "aggregate_rows"]
@@ -128,7 +128,7 @@ class CytoTRACEKernel(BidirectionalKernel):
         read_connectivities(adata, conn_key)  # fail early, naming the key
         self._pseudotime: np.ndarray | None = None
         if time_key in adata.obs:
-            self._pseudotime = np.asarray(adata.obs[time_key], dtype=np.float64)
+            self._pseudotime = read_obs_vector(adata, time_key, what="CytoTRACE pseudotime")
 
     @property
     def pseudotime(self) -> np.ndarray | None:
@@ -172,6 +172,13 @@ class CytoTRACEKernel(BidirectionalKernel):
         if layer not in (None, "X") and layer not in adata.layers:
             raise KeyError(f"No expression in adata.layers[{layer!r}]; valid: {sorted({'X', *adata.layers.keys()})}.")
         source = adata.raw if use_raw else adata
+        if source.X is None:
+            raise ValueError(
+                f"adata{'.raw' if use_raw else ''}.X is None; CytoTRACE counts the genes each cell expresses "
+                "in X. Put the counts (or normalised expression) into X."
+            )
+        if layer not in (None, "X") and adata.layers[layer] is None:
+            raise ValueError(f"adata.layers[{layer!r}] is None.")
         msg = "Computing CytoTRACE score with %d genes"
         if source.n_vars < 10_000:
             msg += ". Consider using more than 10000 genes"
@@ -245,7 +252,15 @@ class CytoTRACEKernel(BidirectionalKernel):
             check_irreducibility=check_irreducibility,
             backend=backend,
         )
-        self._set_native(pk.native_transition_matrix, pk.backend, pk.params)
+        recompute = {
+            "threshold_scheme": threshold_scheme,
+            "frac_to_keep": frac_to_keep,
+            "b": b,
+            "nu": nu,
+            "check_irreducibility": check_irreducibility,
+            "backend": backend,
+        }
+        self._set_native(pk.native_transition_matrix, pk.backend, pk.params, recompute=recompute)
         return self
 
     def _repr_params(self) -> str:

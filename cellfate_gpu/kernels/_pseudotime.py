@@ -9,7 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import progress, timed, warning
-from cellfate_gpu.kernels._base import BidirectionalKernel
+from cellfate_gpu.kernels._base import BidirectionalKernel, check_no_options
 from cellfate_gpu.kernels._connectivity import check_graph
 from cellfate_gpu.kernels._graph import read_connectivities, read_obs_vector
 from cellfate_gpu.kernels._rowwise import edge_rows, rank_within_rows, row_normalize
@@ -109,7 +109,10 @@ class PseudotimeKernel(BidirectionalKernel):
     KeyError
         ``obs[time_key]`` or ``obsp[conn_key]`` is missing.
     ValueError
-        The pseudotime has NaN or infinite values (the message gives how many).
+        The pseudotime has NaN or infinite values (the message gives how many) or is constant
+        (a constant pseudotime directs nothing: T would silently be the undirected connectivity walk).
+    TypeError
+        The pseudotime is not numeric.
     """
 
     def __init__(
@@ -126,6 +129,12 @@ class PseudotimeKernel(BidirectionalKernel):
         super().__init__(adata, backward=bool(backward))
         self._time_key, self._conn_key = time_key, conn_key
         pt = read_obs_vector(adata, time_key, what="pseudotime")
+        if pt.size and pt.min() == pt.max():
+            # Every edge would point "forward": T would be the undirected ConnectivityKernel's, silently.
+            raise ValueError(
+                f"adata.obs[{time_key!r}] is constant ({pt[0]:g} in all {pt.size} cells), so it cannot direct the "
+                "kNN graph; check the pseudotime, or use ConnectivityKernel for an undirected walk."
+            )
         self._pseudotime = (pt.max() - pt) if backward else pt
         self._conn = read_connectivities(adata, conn_key)
         check_graph(self._conn, conn_key, connectivity=check_connectivity, symmetric=check_symmetric)
@@ -181,7 +190,8 @@ class PseudotimeKernel(BidirectionalKernel):
         backend
             Where to build and keep T (name or instance; default ``settings.backend``).
         kwargs
-            Passed to a callable scheme.
+            Passed to a callable scheme; with ``"hard"``/``"soft"`` any keyword is refused (``TypeError``
+            naming it), so a misspelt option (``frac_to_kep``) never goes unnoticed.
 
         Raises
         ------
@@ -193,6 +203,10 @@ class PseudotimeKernel(BidirectionalKernel):
                 raise ValueError(f"threshold_scheme must be 'hard', 'soft' or a callable, got {threshold_scheme!r}.")
         elif not callable(threshold_scheme):
             raise TypeError(f"threshold_scheme must be 'hard', 'soft' or a callable, got {type(threshold_scheme)}.")
+        if not callable(threshold_scheme):  # kwargs go to a custom scheme only; refuse them otherwise
+            check_no_options(
+                f"PseudotimeKernel.compute_transition_matrix(threshold_scheme={threshold_scheme!r})", kwargs
+            )
         if threshold_scheme == "hard" and not 0 <= frac_to_keep <= 1:
             raise ValueError(f"Expected frac_to_keep to be in [0, 1], got {frac_to_keep!r}.")
         if threshold_scheme == "soft" and not (nu > 0 and np.isfinite(b)):
@@ -222,7 +236,16 @@ class PseudotimeKernel(BidirectionalKernel):
                     params = {"dnorm": False, "scheme": "soft", "b": b, "nu": nu}
             biased = be.csr_from_components(weights, indices, indptr, tuple(C.shape))
             T = row_normalize(be, biased, what="pseudotime-biased kNN graph")
-            self._set_native(T, be, params)
+            recompute = {
+                "threshold_scheme": threshold_scheme,
+                "frac_to_keep": frac_to_keep,
+                "b": b,
+                "nu": nu,
+                "check_irreducibility": check_irreducibility,
+                "backend": backend,
+                **kwargs,
+            }
+            self._set_native(T, be, params, recompute=recompute)
         if check_irreducibility:
             _warn_if_reducible(self.transition_matrix)
         return self

@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import debug, info, timed, warning
-from cellfate_gpu.kernels._base import UnidirectionalKernel, _format_value
+from cellfate_gpu.kernels._base import UnidirectionalKernel, _format_value, check_no_options
 from cellfate_gpu.kernels._graph import read_connectivities
 from cellfate_gpu.kernels._rowwise import row_normalize
 
@@ -323,9 +323,13 @@ class RealTimeKernel(UnidirectionalKernel):
         kwargs
             Passed to :meth:`compute_coupling`.
         """
+        if kwargs and type(self).compute_coupling is RealTimeKernel.compute_coupling:
+            check_no_options(
+                "RealTimeKernel.compute_transition_matrix (kwargs go to an overridden compute_coupling)", kwargs
+            )
         conn_kwargs = dict(conn_kwargs or {})
         density_normalize = bool(conn_kwargs.pop("density_normalize", True))
-        if conn_kwargs:
+        if conn_kwargs:  # CellRank passes these to scanpy.pp.neighbors; we restrict obsp[conn_key] instead
             debug("Ignoring conn_kwargs %s (no neighbour recomputation here)", sorted(conn_kwargs))
         if isinstance(self_transitions, str):
             if self_transitions not in SELF_TRANSITIONS:

@@ -437,7 +437,10 @@ class VelocityKernel(BidirectionalKernel):
             )
             params["softmax_scale"] = scale
             T = be.csr_from_components(probs, indices, indptr, tuple(C.shape))
-            self._set_native(T, be, params)
+            recompute = {"model": model, "backward_mode": backward_mode, "similarity": similarity,
+                         "softmax_scale": softmax_scale, "backend": backend, "max_chunk_bytes": max_chunk_bytes,
+                         **kwargs}  # fmt: skip
+            self._set_native(T, be, params, recompute=recompute)  # what ~self recomputes with
         return self
 
     def _repr_params(self) -> str:

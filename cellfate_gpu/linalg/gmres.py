@@ -47,7 +47,12 @@ def jacobi_preconditioner(backend, A: Any) -> Callable[[Any], Any]:
     diag = backend.segment_sum(xp.astype(data, xp.float64) * on_diag, indptr)
     one = xp.ones_like(diag)
     inv = xp.where(diag != 0, one / xp.where(diag != 0, diag, one), one)
-    return lambda X: X * inv[:, None]
+
+    def apply(X: Any) -> Any:
+        return X * inv[:, None]
+
+    apply.is_diagonal = True  # lets a backend's compiled GMRES sweep (gmres_sweep hook) read the diagonal
+    return apply
 
 
 class _BatchedBasis:
@@ -183,6 +188,12 @@ def block_gmres(
     start_from_zero = x0 is None
     mutable = getattr(backend, "mutable_arrays", True)
     monitor = _Monitor(tol, maxiter, s, n)
+    # Backend hook: ``backend.gmres_sweep(A, m, s, precond)`` may return a fixed-shape basis whose
+    # ``extend(steps)`` runs a whole cycle as one compiled program and returns its (m+1, m, s)
+    # Hessenberg block (JAX: one XLA program per cycle length instead of one per step and shape).
+    # Without it (the default, and on host backends) the generic loop below runs.
+    hook = getattr(backend, "gmres_sweep", None)
+    sweep = hook(A, m, s, precond) if hook is not None and not backend.host_is_free else None
 
     try:
         while iterations < maxiter:
@@ -194,14 +205,20 @@ def block_gmres(
                 matvecs += s
             beta_dev = xp.linalg.vector_norm(R, axis=0)
             steps = min(m, maxiter - iterations)
-            basis = _BatchedBasis(xp, s, n, steps + 1, mutable, device)
+            basis = sweep if sweep is not None else _BatchedBasis(xp, s, n, steps + 1, mutable, device)
             basis.set(0, (R / xp.where(beta_dev > 0, beta_dev, one)).T)
             H_cols: list[Any] = []
             host_H = np.zeros((steps + 1, steps, s))
             if backend.host_is_free:
                 beta, bnorm = backend.to_host(beta_dev), backend.to_host(bnorm_dev)
             est = None
-            for j in range(steps):
+            H_block = None
+            if sweep is not None:
+                H_block = sweep.extend(steps)[: steps + 1, :steps, :]
+                iterations += steps
+                matvecs += s * steps
+                monitor.step(iterations, None)
+            for j in range(steps) if sweep is None else ():
                 w = xp.asarray(matmat(apply_m(basis.get(j).T)).T, copy=True)  # (s, n) contiguous: one SpMM
                 matvecs += s
                 h = basis.project(j + 1, w)  # (s, j+1)
@@ -225,7 +242,7 @@ def block_gmres(
                         break
                 else:
                     monitor.step(iterations, None)
-            used = len(H_cols)
+            used = steps if sweep is not None else len(H_cols)
             if not backend.host_is_free:
                 # The one read of this cycle: the Hessenberg block with the start and right-hand-side norms.
                 norms = xp.concat(
@@ -235,7 +252,8 @@ def block_gmres(
                     ],
                     axis=0,
                 )
-                packed = backend.to_host(xp.concat([xp.stack(H_cols, axis=1), norms], axis=1))
+                H_new = H_block if H_block is not None else xp.stack(H_cols, axis=1)
+                packed = backend.to_host(xp.concat([H_new, norms], axis=1))
                 host_H = packed[:, :used, :]
                 beta, bnorm = packed[0, used, :], packed[0, used + 1, :]
             if not (np.all(np.isfinite(host_H[:, :used, :])) and np.all(np.isfinite(beta))):

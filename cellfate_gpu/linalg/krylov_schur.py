@@ -8,6 +8,7 @@ host visits are the small projected problem, once per restart: the ``(m + 1) x m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from cellfate_gpu._logging import debug
 from cellfate_gpu.backends._results import SchurResult, Status
 from cellfate_gpu.linalg._schur_sort import order_schur, schur_eigenvalues, sort_key, split_safe
 
-__all__ = ["default_ncv", "krylov_schur", "order_schur", "sort_key"]
+__all__ = ["CLUSTER_TOL", "complete_clusters", "default_ncv", "krylov_schur", "order_schur", "sort_key"]
 
 
 def default_ncv(k: int, n: int) -> int:
@@ -161,8 +162,94 @@ def krylov_schur(
         found = _classes.unit_eigenspace(backend, A, kind=kind, tol=tol) if kind is not None else None
         if found is not None:
             W, _ = found
-            return _deflated(backend, A, k, W, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0, seed=seed)
+            res = _deflated(backend, A, k, W, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0, seed=seed)
+
+            def search(locked: Any, p: int, attempt: int) -> SchurResult:
+                return _krylov_schur(
+                    backend,
+                    A,
+                    p,
+                    which=which,
+                    tol=tol,
+                    maxiter=maxiter,
+                    ncv=None,
+                    v0=None,
+                    seed=seed + 1 + attempt,
+                    locked=locked,
+                )
+
+            return complete_clusters(backend, A, k, res, search, which=which, exact=int(W.shape[1]))
     return _krylov_schur(backend, A, k, which=which, tol=tol, maxiter=maxiter, ncv=ncv, v0=v0, seed=seed)
+
+
+#: Computed eigenvalues closer than this (relative to ``max(1, |lambda|)``) form a cluster that a
+#: single-vector Krylov method may have resolved only in part (see :func:`complete_clusters`).
+CLUSTER_TOL = 1e-8
+
+
+def _has_cluster(ev: np.ndarray, exact: int) -> bool:
+    """Whether two eigenvalues, not both among the first ``exact`` (known exactly), are within CLUSTER_TOL."""
+    ev = np.asarray(ev)
+    for i in range(ev.size):
+        for j in range(max(i + 1, exact), ev.size):
+            if abs(ev[i] - ev[j]) <= CLUSTER_TOL * max(1.0, abs(ev[i])):
+                return True
+    return False
+
+
+def complete_clusters(
+    backend, A: Any, k: int, result: SchurResult, search, *, which: str, exact: int = 0
+) -> SchurResult:
+    r"""Find the members of a near-multiple eigenvalue that a Krylov run missed, and merge them in.
+
+    A Krylov space from one start vector cannot separate eigenvalues closer than rounding (a
+    nearly reducible chain: metastable sets whose exchange is :math:`10^{-15}`, eigenvalues
+    :math:`1 - 10^{-15}`), so a converged run may hold only some members of such a cluster. When
+    the computed eigenvalues contain a cluster (two within :data:`CLUSTER_TOL`; the ``exact``
+    leading ones, known from the class structure, excepted), ``search(Q, 1, attempt)`` computes
+    the most wanted eigenvalue :math:`\mu` of :math:`A` on the complement of the current
+    :math:`Q` (``(I - Q Q^T) A``, a Schur complement). If :math:`\mu` beats the last kept
+    eigenvalue, the Schur forms are merged exactly,
+    :math:`A [Q, u] = [Q, u] egin{pmatrix} R & Q^	op A u \ 0 & \mu \end{pmatrix}`, reordered
+    (:func:`~cellfate_gpu.linalg._schur_sort.order_schur`) and truncated to ``k``; this repeats
+    until the complement holds nothing more wanted (at most ``k`` rounds).
+    """
+    if result.Q is None or result.status is not Status.CONVERGED:
+        return result
+    xp = backend.xp
+    key = sort_key(which)
+    Q, R, matvecs, merged = result.Q, np.asarray(result.R), result.matvecs, 0
+    n = int(A.shape[0])
+    for attempt in range(k):
+        ev = schur_eigenvalues(R)
+        if not _has_cluster(ev, exact) or n - Q.shape[1] < 3:
+            break
+        extra = search(Q, 1, attempt)
+        matvecs += max(extra.matvecs, 0)
+        if extra.Q is None or extra.status is not Status.CONVERGED:
+            break
+        mu = np.asarray(extra.eigenvalues)
+        if key(mu[:1])[0] <= key(ev[-1:])[0] + CLUSTER_TOL:
+            break
+        U = backend.asarray(extra.Q) if isinstance(extra.Q, np.ndarray) and not isinstance(Q, np.ndarray) else extra.Q
+        AU = xp.astype(backend.spmm(A, xp.astype(U, A.dtype) if A.dtype != xp.float64 else U), xp.float64)
+        C = backend.to_host(Q.T @ AU)
+        p, q = R.shape[0], int(extra.R.shape[0])
+        Rn = np.zeros((p + q, p + q))
+        Rn[:p, :p], Rn[:p, p:], Rn[p:, p:] = R, C, np.asarray(extra.R)
+        T, Z = order_schur(Rn, np.eye(p + q), which)
+        kk = split_safe(T, min(k, T.shape[0]))
+        Q = xp.concat([Q, U], axis=1) @ backend.asarray(np.ascontiguousarray(Z[:, :kk]))
+        R = np.array(T[:kk, :kk])
+        merged += 1
+    if merged == 0:
+        return result
+    debug("Krylov-Schur: %d eigenvalue(s) of a near-multiple cluster found on the complement", merged)
+    AQ = xp.astype(backend.spmm(A, xp.astype(Q, A.dtype) if A.dtype != xp.float64 else Q), xp.float64)
+    res = np.linalg.norm(backend.to_host(AQ - Q @ backend.asarray(R)), axis=0)
+    return dataclasses.replace(
+        result, Q=Q, R=R, eigenvalues=schur_eigenvalues(R), residual_norms=res, matvecs=matvecs + Q.shape[1]
+    )
 
 
 def _deflated(backend, A: Any, k: int, W_host: np.ndarray, *, which: str, **kw: Any) -> SchurResult:
@@ -258,7 +345,13 @@ def _krylov_schur(
         v = backend.asarray(v0) if isinstance(v0, np.ndarray) else v0
     v = project(xp.astype(v, xp.float64))
     v = v / xp.linalg.vector_norm(v)
-    basis = _Basis(xp, v, m + 1, mutable)
+    # Backend hook: ``backend.arnoldi_sweep(A, m, locked)`` may return a basis object with a
+    # compiled fixed-shape sweep ``extend(p)`` (new Hessenberg columns p..m-1 as one (m+1, m) block)
+    # and restart ``rotate(Z, p)`` (JAX: one XLA program per sweep instead of one per step and shape).
+    # Without it (the default) the generic loop below runs.
+    hook = getattr(backend, "arnoldi_sweep", None)
+    sweep = hook(A, m, locked) if hook is not None else None
+    basis = sweep if sweep is not None else _Basis(xp, v, m + 1, mutable)
     basis.set(0, v)
     H = np.zeros((m + 1, m))  # host copy of the projected matrix, refreshed once per restart
     H_dev_cols: list[Any] = []  # device columns of H produced by Arnoldi since the last restart
@@ -271,7 +364,10 @@ def _krylov_schur(
     while True:
         # ---- Arnoldi extension from column p to m (all on the device)
         H_dev_cols = []
-        for j in range(p, m):
+        if sweep is not None:
+            H[:, p:m] = backend.to_host(sweep.extend(p))[:, p:m]  # the one host read of this restart
+            matvecs += m - p
+        for j in range(p, m) if sweep is None else ():
             w = matvec(basis.column(j))
             matvecs += 1
             Vj = basis.first(j + 1)
@@ -355,9 +451,12 @@ def _krylov_schur(
             if p >= m:
                 p = m - 2 if T[m - 1, m - 2] != 0.0 else m - 1
             b[:nconv] = 0.0  # locking: converged couplings are deflated exactly
-            Zd = backend.asarray(np.ascontiguousarray(Z[:, :p]))
-            Vp = basis.first(m) @ Zd
-            basis.replace_first(Vp, basis.column(m))
+            if sweep is not None:
+                sweep.rotate(Z, p)
+            else:
+                Zd = backend.asarray(np.ascontiguousarray(Z[:, :p]))
+                Vp = basis.first(m) @ Zd
+                basis.replace_first(Vp, basis.column(m))
         H[:] = 0.0
         H[:p, :p] = T[:p, :p]
         H[p, :p] = b[:p]

@@ -259,14 +259,83 @@ class SplineFit:
         return self.family.mu(np, eta[:, :, None] + z * sd[:, :, None])
 
 
-def _initial_coef(xp: Any, family: Family, B: Any, Y: Any, Minit_inv: Any) -> Any:
+def _initial_coef(xp: Any, family: Family, B: Any, Y: Any, Minit_inv: Any, *, gene_major: bool) -> Any:
     """Start as pygam does: tiny coefficients for LinearGAM, else an unpenalised fit on the link scale."""
-    m, g = B.shape[1], Y.shape[1]
+    m, g = B.shape[1], (Y.shape[0] if gene_major else Y.shape[1])
     if family.is_linear:
         return xp.full((m, g), _SQRT_EPS, dtype=xp.float64)
     Yc = xp.where(Y == 0.0, Y + 0.01, Y)
     Yc = xp.where(Yc == 1.0, Yc - 0.01, Yc)
-    return Minit_inv @ (family.eta(xp, Yc).T @ B).T
+    L = family.eta(xp, Yc)
+    return Minit_inv @ ((L @ B) if gene_major else (L.T @ B)).T
+
+
+def _sparse_log_link_pirls(be, xp, Yt, Bh, omega_h, Minv_h, gram, bw_h, Minit_inv_h, *, max_iter, tol, w64):
+    r"""Gamma/log PIRLS on sparse expression: the exponential is only evaluated where :math:`y \ne 0`.
+
+    :math:`B^\top W z = (B^\top W B)\beta - B^\top w + (W B)^\top (y \odot e^{-B\beta})`, and
+    :math:`y \odot e^{-B\beta}` is as sparse as :math:`y`: per iteration one dense
+    :math:`\beta^\top B^\top`, a gather and an exponential at the non-zeros, and one sparse product.
+    ``Yt`` is the host CSR (genes x cells). Returns ``coef (m, g)``, ``n_iter``, ``active`` and the
+    weighted Pearson residual sums :math:`\sum_i w_i (y_i/\mu_i - 1)^2`.
+    """
+    import scipy.sparse as sp
+
+    g, n = Yt.shape
+    m = Bh.shape[1]
+    BT = be.asarray(np.ascontiguousarray(Bh.T), dtype=xp.float64)
+    Bw = be.asarray(omega_h[:, None] * Bh, dtype=xp.float64)
+    Minv, gram_d, bw = (be.asarray(a, dtype=xp.float64) for a in (Minv_h, gram, bw_h[:, None]))
+
+    def upload(Yh):
+        Yh = sp.csr_matrix(Yh)
+        Yh.sort_indices()
+        rows = np.repeat(np.arange(Yh.shape[0]), np.diff(Yh.indptr))
+        pos = be.asarray(rows * n + Yh.indices)
+        parts = (be.asarray(Yh.data, dtype=xp.float64), be.asarray(Yh.indices), be.asarray(Yh.indptr))
+        return Yh, pos, parts
+
+    def y_over_mu(c, pos, parts, rows_g):
+        eta = xp.reshape(c.T @ BT, (-1,))
+        vals = parts[0] * xp.exp(-xp.take(eta, pos))
+        return vals, be.csr_from_components(vals, parts[1], parts[2], (rows_g, n))
+
+    # pygam's start: an unpenalised least-squares fit of log(y) (zeros read as 0.01, ones as 0.99)
+    data = np.where(Yt.data == 1.0, 0.99, Yt.data)
+    base = np.log(0.01)
+    L = sp.csr_matrix((np.log(data) - base, Yt.indices, Yt.indptr), shape=Yt.shape)
+    LB = base * np.broadcast_to(Bh.sum(0), (g, m)) + L @ Bh
+    c = be.asarray(Minit_inv_h @ LB.T, dtype=xp.float64)
+    Yh, pos, parts = upload(Yt)
+    idx = np.arange(g)
+    coef_h = np.empty((m, g))
+    n_iter = np.zeros(g, dtype=np.int64)
+    for it in range(1, max_iter + 1):
+        _, E = y_over_mu(c, pos, parts, idx.size)
+        c_new = Minv @ (gram_d @ c - bw + be.spmm(E, Bw).T)
+        diff = xp.sqrt(xp.sum((c - c_new) ** 2, axis=0)) / xp.sqrt(xp.sum(c_new**2, axis=0))
+        coef_h[:, idx] = be.to_host(c_new)
+        n_iter[idx] = it
+        done = be.to_host(diff < tol)
+        if done.all():
+            idx = idx[:0]
+            break
+        if done.any():
+            keep = np.flatnonzero(~done)
+            idx = idx[keep]
+            Yh, pos, parts = upload(Yh[keep])
+            c = xp.take(c_new, be.asarray(keep), axis=1)
+        else:
+            c = c_new
+    active = np.zeros(g, dtype=bool)
+    active[idx] = True
+    # sum_i w_i (y_i/mu_i - 1)^2 = sum_i w_i + sum_{y_i != 0} w_i ((y_i/mu_i - 1)^2 - 1)
+    Yh, pos, parts = upload(Yt)
+    vals, _ = y_over_mu(be.asarray(coef_h, dtype=xp.float64), pos, parts, g)
+    wnz = xp.take(be.asarray(w64, dtype=xp.float64), parts[1])
+    per_nz = be.to_host(wnz * ((vals - 1.0) ** 2 - 1.0))
+    resid = w64.sum() + np.bincount(np.repeat(np.arange(g), np.diff(Yt.indptr)), weights=per_nz, minlength=g)
+    return coef_h, n_iter, active, resid
 
 
 def fit_splines(
@@ -313,15 +382,46 @@ def fit_splines(
     Bh = basis(x)
     m = Bh.shape[1]
     E = np.asarray(penalty, dtype=np.float64) + _SQRT_EPS * np.eye(m)
+    import scipy.sparse as sp
+
+    if sp.issparse(Y) and family.constant_weights and family.link == "log":
+        keep = (np.sqrt(w64) >= _SQRT_EPS) & np.isfinite(w64)
+        omega_h = np.where(keep, w64, 0.0)
+        gram = Bh.T @ (omega_h[:, None] * Bh)
+        Minv_h = np.linalg.inv(gram + E)
+        Minit_inv_h = np.linalg.inv(Bh.T @ Bh + _SQRT_EPS * np.eye(m))
+        Yt = sp.csr_matrix(Y.T, dtype=np.float64)
+        Yt.sum_duplicates()
+        Yt.eliminate_zeros()
+        coef_h, n_iter, active, resid = _sparse_log_link_pirls(
+            be, xp, Yt, Bh, omega_h, Minv_h, gram, omega_h @ Bh, Minit_inv_h, max_iter=max_iter, tol=tol, w64=w64
+        )
+        g = Yt.shape[0]
+        A = np.broadcast_to(Minv_h @ gram, (g, m, m))
+        edof = np.trace(A, axis1=1, axis2=2).copy()
+        return SplineFit(
+            basis=basis,
+            family=family,
+            coef=coef_h,
+            cov_unit=np.ascontiguousarray(np.broadcast_to(Minv_h @ gram @ Minv_h, (g, m, m))),
+            scale=np.ones(g) if family.known_scale else resid / (n - edof),
+            edof=edof,
+            n_samples=n,
+            n_iter=n_iter,
+            converged=~active,
+        )
     if hasattr(Y, "toarray"):
         Y = Y.toarray()
     B = be.asarray(Bh, dtype=xp.float64)
-    Yd = be.asarray(Y, dtype=xp.float64)
-    g = Yd.shape[1]
+    # constant PIRLS weights: genes x cells layout, so that every per-iteration product is a
+    # contiguous (g x n)(n x m) or (g x m)(m x n) one, the fast shapes for BLAS
+    gene_major = family.constant_weights
+    Yd = be.asarray(np.ascontiguousarray(np.asarray(Y).T) if gene_major else Y, dtype=xp.float64)
+    g = Yd.shape[0] if gene_major else Yd.shape[1]
     # pygam drops rows whose PIRLS weight sqrt(omega) is below sqrt(eps) or not finite.
     wd = be.asarray(w64, dtype=xp.float64)
     Minit_inv = be.asarray(np.linalg.inv(Bh.T @ Bh + _SQRT_EPS * np.eye(m)), dtype=xp.float64)
-    coef = _initial_coef(xp, family, B, Yd, Minit_inv)
+    coef = _initial_coef(xp, family, B, Yd, Minit_inv, gene_major=gene_major)
     Ed = be.asarray(E, dtype=xp.float64)
     if family.constant_weights:
         keep = (np.sqrt(w64) >= _SQRT_EPS) & np.isfinite(w64)
@@ -336,7 +436,8 @@ def fit_splines(
         # per cell and gene; normal/identity: z = y, the solution is the same every iteration
         gram_d = be.asarray(gram, dtype=xp.float64)
         bw = be.asarray((omega_h @ Bh)[:, None], dtype=xp.float64)
-        c_linear = Minv @ (Yd.T @ Bw).T if family.is_linear else None
+        c_linear = Minv @ (Yd @ Bw).T if family.is_linear else None
+        BT = be.asarray(np.ascontiguousarray(Bh.T), dtype=xp.float64)
     else:
         pairs = be.asarray(np.einsum("ia,ib->iab", Bh, Bh).reshape(n, m * m), dtype=xp.float64)
     # The active set shrinks as genes converge; their columns are compacted once, when they finish.
@@ -349,7 +450,7 @@ def fit_splines(
         if family.is_linear:
             c_new = c_linear if idx.size == g else xp.take(c_linear, be.asarray(idx), axis=1)
         elif family.constant_weights:
-            c_new = Minv @ (gram_d @ c - bw + ((Ya * xp.exp(-(B @ c))).T @ Bw).T)
+            c_new = Minv @ (gram_d @ c - bw + ((Ya * xp.exp(-(c.T @ BT))) @ Bw).T)
         else:
             eta = B @ c
             mu = family.mu(xp, eta)
@@ -372,7 +473,7 @@ def fit_splines(
         if done.any():
             keep = be.asarray(np.flatnonzero(~done))
             idx = idx[~done]
-            c, Ya = xp.take(c_new, keep, axis=1), xp.take(Ya, keep, axis=1)
+            c, Ya = xp.take(c_new, keep, axis=1), xp.take(Ya, keep, axis=0 if gene_major else 1)
         else:
             c = c_new
     active = np.zeros(g, dtype=bool)
@@ -389,8 +490,13 @@ def fit_splines(
     if family.known_scale:
         scale = np.ones(g)
     else:
-        mu = family.mu(xp, B @ be.asarray(coef_h, dtype=xp.float64))
-        resid = xp.sum(wd[:, None] * (Yd - mu) ** 2 / family.variance(xp, mu), axis=0)
+        cd = be.asarray(coef_h, dtype=xp.float64)
+        if gene_major:
+            mu = family.mu(xp, cd.T @ BT)
+            resid = xp.sum(wd[None, :] * (Yd - mu) ** 2 / family.variance(xp, mu), axis=1)
+        else:
+            mu = family.mu(xp, B @ cd)
+            resid = xp.sum(wd[:, None] * (Yd - mu) ** 2 / family.variance(xp, mu), axis=0)
         scale = be.to_host(resid) / (n - edof)
     return SplineFit(
         basis=basis,

@@ -138,7 +138,7 @@ def fit_trends(
         with timed("Fitting %d gene trends along lineage %r on %d cells", len(genes), lin, design.cells.size):
             for blk in it:
                 Yb = sub[:, blk]
-                Yb = Yb.toarray() if sp.issparse(Yb) else np.asarray(Yb, dtype=np.float64)
+                Yb = sp.csc_matrix(Yb) if sp.issparse(Yb) else np.asarray(Yb, dtype=np.float64)
                 fit = model.fit_many(design.x, Yb, design.w)
                 mean[:, blk] = fit.predict(design.x_test)
                 if ci is not None:

@@ -7,6 +7,7 @@ from cellfate_gpu.pl._drivers import lineage_drivers as lineage_drivers
 from cellfate_gpu.pl._fate import fate_probabilities as fate_probabilities
 from cellfate_gpu.pl._macrostates import coarse_T as coarse_T
 from cellfate_gpu.pl._macrostates import macrostates as macrostates
+from cellfate_gpu.pl._random_walks import plot_random_walks as plot_random_walks
 from cellfate_gpu.pl._spectrum import spectrum as spectrum
 from cellfate_gpu.pl._trends import cluster_trends as cluster_trends
 from cellfate_gpu.pl._trends import gene_trends as gene_trends
@@ -23,5 +24,6 @@ __all__ = [
     "lineage_drivers",
     "log_odds",
     "macrostates",
+    "plot_random_walks",
     "spectrum",
 ]

@@ -69,7 +69,12 @@ def lineage_drivers(
     for ax, gene in zip(axes, genes, strict=True):
         x = adata[:, gene].X
         x = np.asarray(x.toarray() if sp.issparse(x) else x).ravel()
-        ax.scatter(emb[:, 0], emb[:, 1], c=x, cmap=cmap, s=size, linewidths=0, rasterized=True, **kwargs)
+        order = np.argsort(x, kind="stable")  # expressing cells on top
+        sc = ax.scatter(
+            emb[order, 0], emb[order, 1], c=x[order], cmap=cmap, s=size, linewidths=0, rasterized=True, **kwargs
+        )
+        fig.colorbar(sc, ax=ax, pad=0.01, fraction=0.05, label="expression")
         ax.set_title(f"{gene}  r={df.loc[gene, col]:.2f}", fontsize="small")
         ax.set_axis_off()
+    fig.tight_layout()
     return finish(fig, save)
