@@ -144,3 +144,29 @@ def test_compiled_sweep_matches_the_generic_loop(jbk):
     assert np.linalg.norm(P @ Q - Q @ res.R, 2) <= 1e-9
     np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-12)
     assert np.max(sla.subspace_angles(Q, ref.Q)) < 1e-6
+
+
+@pytest.mark.parametrize("preconditioner", [None, "jacobi"])
+def test_block_gmres_compiles_once_per_size(jbk, preconditioner):
+    """One GMRES cycle is one compiled sweep: a first solve compiles at most 80 programs, most of them
+    one-off set-up (the eager loop compiled 318 at n = 2000, 4 right-hand sides), a second solve
+    none, and the answer is the dense one."""
+    import scipy.sparse as sp_
+
+    from cellfate_gpu.backends._jax import _gmres_kernels
+
+    extend = _gmres_kernels()[0]
+    n = 400
+    A = sp_.csr_matrix(sp_.identity(n) - 0.95 * knn_chain(n, seed=14))
+    B = np.random.default_rng(3).standard_normal((n, 3))
+    Aj, Bj = jbk.from_scipy_csr(A), jbk.asarray(B)
+    compiles = _count_compiles()
+    res = jbk.solve(Aj, Bj, tol=1e-10, restart=15, preconditioner=preconditioner)
+    assert res.converged and res.iterations > 15  # several cycles
+    assert len(compiles) <= 80, len(compiles)  # incl. one-off eager set-up (ELL copy, fingerprint)
+    cached = extend._cache_size()
+    compiles.clear()
+    again = jbk.solve(Aj, Bj, tol=1e-10, restart=15, preconditioner=preconditioner)
+    assert len(compiles) == 0, compiles
+    assert extend._cache_size() == cached
+    np.testing.assert_allclose(jbk.to_host(again.X), np.linalg.solve(A.toarray(), B), rtol=1e-7, atol=1e-8)

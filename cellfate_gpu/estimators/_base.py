@@ -330,6 +330,13 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         self.adata.obs[_keys.probs(key)] = pvalues
         self.adata.uns[_keys.colors(key)] = cols
 
+    def _checked_states(self, where: str, states: Any, cluster_key: str | None, n_cells: Any, options: dict):
+        """Check a setter's arguments and build (assignment, probabilities, colours); nothing is written."""
+        check_no_options(where, options)
+        if n_cells is not None:
+            n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
+        return self._states_from(states, cluster_key, n_cells)
+
     def set_terminal_states(
         self,
         states: Any,
@@ -363,10 +370,7 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
 
         Nothing is changed (estimator or AnnData) when an error is raised.
         """
-        check_no_options("set_terminal_states", kwargs)
-        if n_cells is not None:
-            n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
-        assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
+        assignment, probs, colors = self._checked_states("set_terminal_states", states, cluster_key, n_cells, kwargs)
         self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
         self._write_states(_keys.terminal_states(self.backward), assignment, probs, colors)
         self._terminal_states, self._terminal_probs, self._term_colors = assignment, probs, colors
@@ -383,10 +387,7 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         **kwargs: Any,
     ) -> BaseEstimator:
         """Set initial states (same input forms and checks as :meth:`set_terminal_states`)."""
-        check_no_options("set_initial_states", kwargs)
-        if n_cells is not None:
-            n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
-        assignment, probs, colors = self._states_from(states, cluster_key, n_cells)
+        assignment, probs, colors = self._checked_states("set_initial_states", states, cluster_key, n_cells, kwargs)
         self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
         self._write_states(_keys.initial_states(self.backward), assignment, probs, colors)
         self._initial_states, self._initial_probs, self._init_colors = assignment, probs, colors
