@@ -54,7 +54,11 @@ class StrictBackend(Backend):
         return isinstance(A, StrictMatrix)
 
     def csr_components(self, A):
-        raise NotImplementedError
+        # the CSR arrays of the dense storage, as strict arrays (the structure checks of linalg use them)
+        import scipy.sparse as sp
+
+        csr = sp.csr_matrix(np.from_dlpack(A.dense))
+        return xps.asarray(csr.data), xps.asarray(csr.indices), xps.asarray(csr.indptr)
 
     def csr_from_components(self, data, indices, indptr, shape):
         raise NotImplementedError
@@ -64,6 +68,9 @@ class StrictBackend(Backend):
 
     def segment_max(self, values, indptr):
         raise NotImplementedError
+
+    def row_sums(self, A):
+        return xps.sum(A.dense, axis=1)
 
     def spmm(self, A, X):
         return A.dense @ X

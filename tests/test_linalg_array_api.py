@@ -24,8 +24,10 @@ def test_krylov_schur_on_strict_arrays_matches_scipy():
     np.testing.assert_allclose(np.sort_complex(res.eigenvalues), np.sort_complex(ref.eigenvalues), atol=1e-9)
     Q = be.to_host(res.Q)
     assert np.linalg.norm(A @ Q - Q @ res.R) <= 1e-9
-    # one read per restart for the projected matrix (+ none per matvec)
-    assert be.reads - 1 <= res.iterations + 1
+    # one read per restart for the projected matrix (+ none per matvec); the stochastic-matrix check
+    # before the iteration reads a fixed few scalars/vectors (min entry, row sums, column sums)
+    structure_reads = 3
+    assert be.reads - 1 <= res.iterations + 1 + structure_reads
     assert res.matvecs > 3 * res.iterations  # many matvecs per read
 
 

@@ -81,7 +81,7 @@ class _BatchedBasis:
         """``(s, j)``: ``h[c] = V_c[:j] @ w[c]``."""
         xp = self.xp
         if self.mutable:
-            return xp.stack([self.buffer[c, :j, :] @ w[c] for c in range(self.s)], axis=0)
+            return xp.stack([self.buffer[c, :j, :] @ w[c, :] for c in range(self.s)], axis=0)
         Vs = xp.stack(self.vectors[:j], axis=1)
         return (Vs @ w[:, :, None])[:, :, 0]
 
@@ -89,7 +89,7 @@ class _BatchedBasis:
         """``(s, n)``: ``out[c] = h[c] @ V_c[:j]``."""
         xp = self.xp
         if self.mutable:
-            return xp.stack([h[c] @ self.buffer[c, :j, :] for c in range(self.s)], axis=0)
+            return xp.stack([h[c, :] @ self.buffer[c, :j, :] for c in range(self.s)], axis=0)
         Vs = xp.stack(self.vectors[:j], axis=1)
         return (h[:, None, :] @ Vs)[:, 0, :]
 
