@@ -307,7 +307,10 @@ def _lbfgs(x: np.ndarray, X: np.ndarray, tau: float, maxiter: int) -> np.ndarray
 
 
 #: Above this many cells the rotation is optimised over an active set of rows (see optimize_lbfgs).
-ACTIVE_SET_MIN_ROWS = 20_000
+#: Measured on the user-like atlas (20,000 cells, 10 states, same Schur vectors): all rows 18.3 s,
+#: crispness 0.5099; active set 2.6 s, crispness 0.5127. At 10k cells on our generator the active
+#: set found 0.654 against 0.660 in 4.8 s vs 10.5 s, so the full problem is kept up to 10k.
+ACTIVE_SET_MIN_ROWS = 10_000
 
 
 def _top_rows(V: np.ndarray, r: int) -> np.ndarray:

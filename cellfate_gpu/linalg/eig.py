@@ -67,10 +67,8 @@ def eig_from_schur(
     vectors: bool = True,
 ) -> EigResult:
     """The ``k`` eigenvalues selected by ``which`` with right (and optionally left) eigenvectors."""
-    from cellfate_gpu.linalg.krylov_schur import krylov_schur
-
     start = time.perf_counter()
-    right = krylov_schur(backend, A, k, which=which, tol=tol, maxiter=maxiter)
+    right = backend.partial_schur(A, k, which=which, tol=tol, maxiter=maxiter)
     if right.R is None:
         return EigResult(
             status=right.status,
@@ -84,7 +82,7 @@ def eig_from_schur(
     status, iterations, matvecs = right.status, right.iterations, right.matvecs
     W = None
     if left:
-        lschur = krylov_schur(backend, backend.transpose(A), k, which=which, tol=tol, maxiter=maxiter)
+        lschur = backend.partial_schur(backend.transpose(A), k, which=which, tol=tol, maxiter=maxiter)
         iterations, matvecs = iterations + lschur.iterations, matvecs + lschur.matvecs
         if lschur.status is not Status.CONVERGED:
             status = lschur.status
