@@ -198,24 +198,42 @@ def test_report_waits_until_the_reader_has_taken_the_message():
 
 
 # ----------------------------------------------------------------------------- the CLI on 2 ranks vs serial
-#: Open problem (issue 13.12, left open): in a near-absorbing branch hundreds of cells have macrostate
-#: membership 1 to within ~1e-12, so "the top n cells" is decided by rounding and petsc and scipy pick
-#: different (equally valid) terminal cells; and on the 4000-cell atlas 8 macrostates are not crisp
-#: (crispness ~0.45), top-4 by stability can leave a near-absorbing branch out of the terminal states,
-#: and the fate-probability solve is then refused with a clear error (not a wrong answer). These tests
-#: are the acceptance criteria of that item and stay, marked as expected failures until it is solved.
-_OPEN_PROBLEM = pytest.mark.xfail(
-    reason="issue 13.12 open: tied top-membership cells are chosen by rounding; 8 macrostates not crisp on "
-    "the 4000-cell atlas (the solve is refused with a clear error)",
-    strict=False,
-)
-
 _PIPELINES = {
     # connected: one component, three branches
     "connected": ({"n_cells": 1000, "n_lineages": 3, "seed": 0}, ["--n-states", "6", "--terminal", "top_n:3"]),
-    # the issue's atlas: T has eigenvalue 1 four times (closed classes)
-    "disconnected": ({"n_cells": 4000, "n_lineages": 4, "seed": 3}, ["--n-states", "8", "--terminal", "top_n:4"]),
+    # the issue's atlas: one communicating class, but four branch tips the walk practically never
+    # leaves (eigenvalue 1 four times to 1e-12); 8 macrostates are not crisp (~0.5)
+    "nearly_reducible": ({"n_cells": 4000, "n_lineages": 4, "seed": 3}, ["--n-states", "8", "--terminal", "top_n:4"]),
+    # two components (no edge between them): two closed classes with two branch tips each
+    "disconnected": ("two_atlases", ["--n-states", "6", "--terminal", "top_n:4"]),
 }
+
+
+def _make_atlas(params):
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    return _two_component_atlas() if params == "two_atlases" else synthetic_atlas(**params)
+
+
+def _two_component_atlas():
+    """Two generated atlases side by side (block-diagonal kNN graphs): a reducible T."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    parts = [synthetic_atlas(n_cells=900, n_lineages=2, seed=1), synthetic_atlas(n_cells=1100, n_lineages=2, seed=2)]
+    for i, part in enumerate(parts):
+        part.obs_names = [f"c{i}_{name}" for name in part.obs_names]
+        part.obs["clusters"] = [f"{c}_{i}" for c in part.obs["clusters"].astype(str)]
+    adata = ad.concat(parts, axis=0, merge="same")
+    for key in ("connectivities", "distances"):
+        adata.obsp[key] = sp.csr_matrix(sp.block_diag([p.obsp[key] for p in parts]))
+    adata.obs["clusters"] = adata.obs["clusters"].astype("category")
+    adata.uns["neighbors"] = parts[0].uns.get("neighbors", {})
+    return adata
+
+
 _CLI_KERNEL = ["--kernel", "pseudotime:weight=0.8 + connectivity:weight=0.2", "--drivers", "0"]
 _SCIPY = ["--backend", "scipy", "--out"]
 
@@ -224,7 +242,6 @@ _SCIPY = ["--backend", "scipy", "--out"]
 def serial_runs(tmp_path_factory):
     """``cellfate-gpu run ... --backend scipy`` on each atlas (in this process), cached per module."""
     from cellfate_gpu.cli import main
-    from cellfate_gpu.datasets import synthetic_atlas
 
     folder = tmp_path_factory.mktemp("cli_mpi")
     cache: dict[str, tuple[Path, Path | None, str]] = {}
@@ -233,7 +250,7 @@ def serial_runs(tmp_path_factory):
         if name not in cache:
             params, options = _PIPELINES[name]
             source = folder / f"{name}.h5ad"
-            synthetic_atlas(**params).write_h5ad(source)
+            _make_atlas(params).write_h5ad(source)
             out = folder / f"{name}_scipy.h5ad"
             try:
                 code, error = (
@@ -284,7 +301,7 @@ def _assert_same_pipeline_result(path: Path, reference: Path, what: str) -> None
 @needs_mpiexec
 @needs_petsc
 @pytest.mark.parametrize("n_ranks", [1, 2], ids=["1rank", "2ranks"])
-@pytest.mark.parametrize("atlas", [pytest.param(a, marks=_OPEN_PROBLEM) for a in _PIPELINES])
+@pytest.mark.parametrize("atlas", list(_PIPELINES))
 def test_cli_on_petsc_ranks_equals_serial_scipy(serial_runs, atlas, n_ranks):
     """``mpiexec -n N cellfate-gpu run --backend petsc`` = ``cellfate-gpu run --backend scipy``.
 
@@ -397,17 +414,16 @@ def test_replicated_mode_detects_different_matrices():
 @pytest.mark.mpi
 @needs_mpi
 @needs_petsc
-@pytest.mark.parametrize("atlas", [pytest.param(a, marks=_OPEN_PROBLEM) for a in _PIPELINES])
+@pytest.mark.parametrize("atlas", list(_PIPELINES))
 def test_cli_pipeline_in_this_mpi_job_equals_serial(tmp_path_factory, atlas):
     """The same comparison inside the ``mpiexec -n 2 pytest -m mpi`` job: every rank calls ``main``."""
     from cellfate_gpu.cli import main
-    from cellfate_gpu.datasets import synthetic_atlas
 
     comm = _mpi.comm_world()
     folder = Path(comm.bcast(str(tmp_path_factory.mktemp("cli_spmd")) if _mpi.is_root() else None, root=0))
     params, options = _PIPELINES[atlas]
     source, serial, parallel = folder / "in.h5ad", folder / "scipy.h5ad", folder / "petsc.h5ad"
-    _mpi.root_only_write(source, lambda p: synthetic_atlas(**params).write_h5ad(p))
+    _mpi.root_only_write(source, lambda p: _make_atlas(params).write_h5ad(p))
     error = None
     if _mpi.is_root():  # the serial reference: a separate, non-MPI process (the CLI in this job is SPMD)
         proc = subprocess.run(

@@ -11,6 +11,7 @@ from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu.estimators import _gpcca_core as core
 from cellfate_gpu.estimators._base import BaseEstimator
+from cellfate_gpu.estimators._state_cells import cover_nearly_closed, top_cells
 from cellfate_gpu.linalg import partial_schur
 from cellfate_gpu.linalg._classes import ReducibleChainError
 from cellfate_gpu.lineage import Lineage, default_colors
@@ -268,12 +269,16 @@ class GPCCA(BaseEstimator):
             if n == 1:
                 chi, crisp = np.ones((n_obs, 1)), 1.0
             else:
-                A, crisp = core.optimize_lbfgs(X) if optimizer == "l-bfgs" else core.optimize_nelder_mead(X)
+                anchors = core.nearly_closed_cells(X, schur["evals"][:n])
+                if optimizer == "l-bfgs":
+                    A, crisp = core.optimize_lbfgs(X, anchors=anchors)
+                else:
+                    A, crisp = core.optimize_nelder_mead(X)
                 chi = core.memberships_from_rotation(X, A)
             T_chi = self._backend.to_host(self._backend.spmm(self._T, self._backend.asarray(chi)))
             eta = np.full(n_obs, 1.0 / n_obs)
             coarse = core.coarse_grain(np.asarray(T_chi), chi, eta)
-        names, assignment = _name_states(chi, n_cells, self.adata, cluster_key)
+        names, assignment = _name_states(chi, n_cells, self.adata, cluster_key, self.transition_matrix)
         colors = self._colors_for(names, cluster_key) if cluster_key else default_colors(n)
         memberships = Lineage(chi, names=names, colors=colors)
         stationary = _stationary(coarse)
@@ -361,7 +366,56 @@ class GPCCA(BaseEstimator):
             chosen = [names[i] for i in order[:k]]
         else:
             raise ValueError(f"method must be 'stability', 'top_n', 'eigengap' or 'eigengap_coarse', got {method!r}.")
+        chosen = self._with_nearly_closed(chosen, order, keep_count=method != "stability")
         return self._set_from_macrostates(chosen, n_cells, terminal=True, allow_overlap=allow_overlap)
+
+    def _nearly_closed(self) -> tuple[np.ndarray, int]:
+        """One cell per nearly closed set (:func:`core.nearly_closed_cells`) and the number of sets."""
+        if self._schur_vectors is None or self._eigenvalues is None or self._memberships is None:
+            return np.zeros(0, dtype=np.int64), 0
+        m = self._memberships.X.shape[1]
+        cells = core.nearly_closed_cells(self._schur_vectors[:, :m], np.asarray(self._eigenvalues)[:m])
+        return cells, cells.size
+
+    def _with_nearly_closed(self, chosen: list[str], order: list[int], *, keep_count: bool) -> list[str]:
+        """``chosen`` with every macrostate that owns a nearly closed set of cells among them.
+
+        A set the walk practically never leaves (:func:`core.nearly_closed_cells`) without terminal
+        cells makes the fate probabilities undefined, so such a macrostate is always terminal. With
+        ``keep_count`` (``top_n``, eigengap) it replaces the least stable choice that owns none;
+        otherwise (``stability``) it is added. Ordered by stability, as CellRank orders them.
+        """
+        names = list(self._coarse_T.index)
+        cells, _ = self._nearly_closed()
+        owners = core.nearly_closed_owners(self._memberships.X, cells)
+        required = [names[j] for j in owners]
+        missing = [nm for nm in required if nm not in chosen]
+        if not missing:
+            return chosen
+        if keep_count and len(required) > len(chosen):
+            warning(
+                "T has %d nearly closed sets of cells (1 - eigenvalue <= %.0e), owned by %s, but only %d terminal "
+                "states were asked for: fate probabilities will be undefined from the sets left out. Ask for "
+                "n_states >= %d.",
+                len(required),
+                core.NEARLY_CLOSED_GAP,
+                required,
+                len(chosen),
+                len(required),
+            )
+            return chosen
+        extra = [nm for nm in chosen if nm not in required]
+        dropped = extra[len(extra) - len(missing) :] if keep_count else []
+        kept = set(chosen) - set(dropped) | set(missing)
+        result = [names[i] for i in order if names[i] in kept]
+        info(
+            "Terminal states: %s own nearly closed sets of cells (1 - eigenvalue <= %.0e) and are terminal%s, "
+            "else the fate probabilities are undefined there",
+            missing,
+            core.NEARLY_CLOSED_GAP,
+            f" in place of {dropped}" if dropped else "",
+        )
+        return result
 
     def predict_initial_states(self, n_states: int = 1, n_cells: int = 30, allow_overlap: bool = False) -> GPCCA:
         """Initial states: the macrostates with least mass in the coarse stationary distribution."""
@@ -379,9 +433,28 @@ class GPCCA(BaseEstimator):
         chi = self._memberships.X
         labels = np.full(self.adata.n_obs, None, dtype=object)
         probs = np.zeros(self.adata.n_obs)
+        T = self.transition_matrix
+        anchors, r = self._nearly_closed() if terminal else (np.zeros(0, dtype=np.int64), 0)
         for nm in chosen:
             j = names.index(nm)
-            top = _top_cells(chi[:, j], n_cells)
+            top = top_cells(chi[:, j], n_cells, T)
+            owned = [a for a in anchors if int(np.argmax(chi[a])) == j]
+            if len(owned) == 1:
+                top, moved = cover_nearly_closed(top, self._schur_vectors[:, :r], owned[0], n_cells, T, chi[:, j])
+                if moved:
+                    info(
+                        "Terminal state %r: its top cells by membership lie outside the nearly closed set it owns; "
+                        "using the %d deepest cells of that set instead",
+                        nm,
+                        len(top),
+                    )
+            elif len(owned) > 1:
+                warning(
+                    "Terminal state %r owns %d nearly closed sets of cells; its top cells can cover only one. "
+                    "Use more macrostates.",
+                    nm,
+                    len(owned),
+                )
             labels[top] = nm
             col = chi[:, j]
             probs = np.maximum(probs, np.where(labels == nm, col / max(col.max(), 1e-300), 0.0))
@@ -409,9 +482,10 @@ class GPCCA(BaseEstimator):
             chi, all_names = self._memberships.X, self._memberships.names
             labels = np.full(self.adata.n_obs, None, dtype=object)
             probs = np.zeros(self.adata.n_obs)
+            T = self.transition_matrix
             for nm in names:
                 j = all_names.index(nm)
-                top = _top_cells(chi[:, j], n_cells or 30)
+                top = top_cells(chi[:, j], n_cells or 30, T)
                 labels[top] = nm
                 probs[top] = chi[top, j] / max(chi[:, j].max(), 1e-300)
             assignment = pd.Series(pd.Categorical(labels, categories=list(names)), index=self.adata.obs_names)
@@ -502,21 +576,13 @@ def _scaled_probs(chi: np.ndarray, assignment: pd.Series, names: list[str]) -> p
     return pd.Series(probs, index=assignment.index)
 
 
-def _top_cells(membership: np.ndarray, n_cells: int) -> np.ndarray:
-    """The ``n_cells`` cells of largest membership (ties to the lower cell index).
-
-    Not rounded: in a nearly closed terminal branch the deepest cells differ from the others only
-    at 1e-10 or below, and making shallower cells absorbing leaves the deepest ones as a region
-    the walk practically never leaves ((I - Q) numerically singular).
-    """
-    return np.argsort(-membership, kind="stable")[:n_cells]
-
-
-def _name_states(chi: np.ndarray, n_cells: int | None, adata, cluster_key: str | None) -> tuple[list[str], pd.Series]:
+def _name_states(
+    chi: np.ndarray, n_cells: int | None, adata, cluster_key: str | None, T=None
+) -> tuple[list[str], pd.Series]:
     """Assign the top ``n_cells`` cells of each state; name states by majority cluster (``_1``, ``_2`` on repeats)."""
     n, m = chi.shape
     n_cells = n_cells or max(1, n // (10 * m))
-    tops = [_top_cells(chi[:, j], n_cells) for j in range(m)]
+    tops = [top_cells(chi[:, j], n_cells, T) for j in range(m)]
     if cluster_key is not None:
         if cluster_key not in adata.obs:
             raise KeyError(f"No cluster annotation adata.obs[{cluster_key!r}].")

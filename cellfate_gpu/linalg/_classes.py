@@ -104,7 +104,9 @@ def chain_classes(A: sp.spmatrix | sp.sparray) -> ChainClasses:
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be square, got shape {A.shape}.")
     n = A.shape[0]
-    pattern = sp.csr_matrix((A.data != 0, A.indices, A.indptr), shape=A.shape)
+    # Copies of the index arrays: eliminate_zeros works in place, and A may be the caller's matrix
+    # (sp.csr_matrix(A) does not copy a CSR input), which would be left with a corrupted indptr.
+    pattern = sp.csr_matrix((A.data != 0, A.indices.copy(), A.indptr.copy()), shape=A.shape)
     pattern.eliminate_zeros()
     n_comp, labels = connected_components(pattern, directed=True, connection="strong")
     rows = np.repeat(np.arange(n), np.diff(pattern.indptr))
