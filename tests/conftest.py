@@ -26,6 +26,7 @@ from cellfate_gpu.backends import available_backends
 
 settings.verbosity = 1  # keep test output quiet; tests of logging raise it locally
 
+
 def real_gpu_reason() -> str | None:
     """``None`` when the real CuPy and a CUDA device are usable, else why not (no import side effects)."""
     import importlib.util

@@ -364,9 +364,7 @@ def test_segment_max_and_scale_rows_do_not_sync(cupy):
     assert bk.csr_components(M)[2].dtype == np.int32  # cupyx indices are int32 (row ids too)
 
 
-@pytest.mark.parametrize(
-    ("library", "match"), [("nvrtc", "NVRTC"), ("cublas", "cuBLAS"), ("cusparse", "cuSPARSE")]
-)
+@pytest.mark.parametrize(("library", "match"), [("nvrtc", "NVRTC"), ("cublas", "cuBLAS"), ("cusparse", "cuSPARSE")])
 def test_broken_cuda_library_is_reported_not_crashed_into(cupy, library, match):
     cupy.cuda.runtime.set_broken(library)
     reason = available_backends()["cupy"]

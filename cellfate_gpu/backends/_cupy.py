@@ -83,9 +83,7 @@ def _probe(cupy) -> str | None:
     except Exception as err:  # kernel construction itself can fail on a broken install
         return f"NVRTC (compiling a kernel) failed: {type(err).__name__}: {err}"
     steps.append(("cuBLAS (a 2x2 matrix product)", lambda: cupy.eye(2) @ cupy.ones((2, 2))))
-    steps.append(
-        ("cuSPARSE (a 2x2 CSR SpMV)", lambda: csp.identity(2, dtype=np.float64, format="csr") @ cupy.ones(2))
-    )
+    steps.append(("cuSPARSE (a 2x2 CSR SpMV)", lambda: csp.identity(2, dtype=np.float64, format="csr") @ cupy.ones(2)))
     for what, step in steps:
         try:
             out = step()

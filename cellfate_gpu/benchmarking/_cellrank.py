@@ -1,4 +1,5 @@
 """Running CellRank 2.3.3 on the same ``.h5ad`` in its own Python 3.12 environment, and comparing."""
+
 from __future__ import annotations
 
 import contextlib

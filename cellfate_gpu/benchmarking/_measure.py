@@ -18,6 +18,7 @@ with one re-orthogonalisation: :math:`4 j n \\cdot 8` bytes for the :math:`j`-th
 with :math:`j` averaging :math:`(k + n_{cv})/2` in Krylov-Schur (:math:`n_{cv} = \\max(2k, k + 15)`) and
 half the restart length (30) in GMRES.
 """
+
 from __future__ import annotations
 
 import contextlib

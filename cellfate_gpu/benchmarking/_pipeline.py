@@ -1,4 +1,5 @@
 """Our pipeline, one timed step after another, on one backend (CellRank's 'Getting started' steps)."""
+
 from __future__ import annotations
 
 import math

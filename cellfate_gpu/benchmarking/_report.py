@@ -1,4 +1,5 @@
 """The benchmark report: Markdown tables, targets met or missed, the projected GPU table, the plot."""
+
 from __future__ import annotations
 
 import math

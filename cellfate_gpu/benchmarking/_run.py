@@ -1,4 +1,5 @@
 """``run_benchmarks``: every size and backend (and CellRank) into one table; results as JSON."""
+
 from __future__ import annotations
 
 import contextlib

@@ -10,7 +10,7 @@ import pandas as pd
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu.estimators import _gpcca_core as core
-from cellfate_gpu.estimators._base import BaseEstimator
+from cellfate_gpu.estimators._base import BaseEstimator, check_positive_int
 from cellfate_gpu.estimators._state_cells import cover_nearly_closed, top_cells
 from cellfate_gpu.linalg import partial_schur
 from cellfate_gpu.linalg._classes import ReducibleChainError
@@ -429,6 +429,7 @@ class GPCCA(BaseEstimator):
         )
 
     def _set_from_macrostates(self, chosen: list[str], n_cells: int, *, terminal: bool, allow_overlap: bool) -> GPCCA:
+        n_cells = check_positive_int("n_cells", n_cells, upper=self.adata.n_obs, upper_what="the number of cells")
         names = list(self._memberships.names)
         chi = self._memberships.X
         labels = np.full(self.adata.n_obs, None, dtype=object)

@@ -91,6 +91,8 @@ def top_cells(
         Cell indices, deepest-first among ties, then by decreasing membership.
     """
     membership = np.asarray(membership, dtype=np.float64)
+    if not 1 <= n_cells <= membership.size:
+        raise ValueError(f"n_cells must be in [1, {membership.size}] (the number of cells), got {n_cells!r}.")
     order = np.argsort(-membership, kind="stable")
     if T is None or n_cells >= membership.size:
         return order[:n_cells]

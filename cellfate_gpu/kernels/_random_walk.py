@@ -176,4 +176,3 @@ def simulate_random_walks(
     bounds = np.searchsorted(sims[order], np.arange(n_sims + 1))
     walk_cells = cells[order]
     return [walk_cells[bounds[s] : bounds[s + 1]] for s in range(n_sims)]
-

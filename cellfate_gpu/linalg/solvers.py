@@ -403,6 +403,10 @@ class Krylov(Solver):
             X0 = None if x0 is None else np.asarray(x0, dtype=np.float64).reshape(n, -1)
             X = np.zeros_like(B2)
             its, statuses = 0, []
+            limit = maxiter if maxiter is not None else self.maxiter
+            # SciPy's own default (1000 outer cycles for lgmres/gcrotmk, 10 n for bicgstab) when unset:
+            # passing None crashes lgmres and gcrotmk.
+            budget = {} if limit is None else {"maxiter": int(limit)}
             for c in range(B2.shape[1]):
                 count = [0]
 
@@ -415,8 +419,8 @@ class Krylov(Solver):
                     x0=None if X0 is None else X0[:, c],
                     rtol=tol,
                     atol=0.0,
-                    maxiter=maxiter if maxiter is not None else self.maxiter,
                     M=M,
+                    **budget,
                     callback=step,
                 )
                 X[:, c] = x

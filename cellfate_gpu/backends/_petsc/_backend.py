@@ -48,6 +48,9 @@ class PetscBackend(Backend):
     name = "petsc"
     extra = "petsc"
     host_is_free = True
+    #: PETSc's own engines only: KSP (any Krylov method and PC, PCLU for Direct()) and SLEPc; our
+    #: generic block GMRES and SciPy's Krylov solvers never run here (GMRES()/Krylov() map to KSP).
+    implements = frozenset({"solve.ksp", "solve.direct", "schur", "eig"})
 
     def __init__(
         self,

@@ -16,8 +16,6 @@ def _ownership_ranges(n: int, nranks: int) -> np.ndarray:
 
 
 @final
-
-
 def _present(x0: Any, comm: Any, distribution: str) -> bool:
     """Whether an initial guess was given (decided by rank 0 in ``'root'`` mode)."""
     here = x0 is not None

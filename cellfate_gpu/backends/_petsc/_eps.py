@@ -57,6 +57,7 @@ def _unit_eigenspace(backend, A: Any, which: str, tol: float, ranges: np.ndarray
         W = comm.tompi4py().bcast(W, root=0)
     return None if W is None else np.ascontiguousarray(W[int(ranges[me]) : int(ranges[me + 1])])
 
+
 def partial_schur(
     backend,
     A: Any,
@@ -255,6 +256,7 @@ def partial_schur(
     done = complete_clusters(backend, backend._host.ensure_native(A), k, result, search, which=which, exact=r_locked)
     return dataclasses.replace(done, seconds=time.perf_counter() - started)
 
+
 def _eps_on_complement(
     backend, A: Any, locked: np.ndarray, nev: int, *, which: str, tol: float, maxiter: int | None
 ) -> SchurResult:
@@ -319,9 +321,6 @@ def _eps_on_complement(
         eigenvalues=evals[:kk],
         which=which,
     )
-
-# ---------------------------------------------------------------- linear solves (KSP)
-implements = frozenset({"solve.ksp", "solve.direct", "schur", "eig"})
 
 
 def _local_q_and_aq(M, vecs) -> tuple[np.ndarray, np.ndarray]:

@@ -23,9 +23,11 @@ def factorize(backend, A: Any) -> Any:
     """Nothing to keep: PCLU is factorised inside each KSP set-up (``solve_factorized`` does it)."""
     return None
 
+
 def solve_factorized(backend, factor: Any, A: Any, B: Any) -> SolveResult:
     """KSPPREONLY + PCLU (MUMPS on several ranks)."""
     return backend.solve_ksp(A, B, ksp_type="preonly", pc_type="lu")
+
 
 def solve(
     backend,
@@ -85,12 +87,8 @@ def solve(
         return super().solve(A, B, method=method, tol=tol, maxiter=maxiter, x0=x0)
     method = "gmres" if method in ("auto", "block_gmres") else method
     if method not in _KSP_METHODS:
-        raise ValueError(
-            f"method={method!r} is not offered by the 'petsc' backend; use one of {tuple(_KSP_METHODS)}."
-        )
-    if preconditioner is not None and (
-        not isinstance(preconditioner, str) or preconditioner not in _PRECONDITIONERS
-    ):
+        raise ValueError(f"method={method!r} is not offered by the 'petsc' backend; use one of {tuple(_KSP_METHODS)}.")
+    if preconditioner is not None and (not isinstance(preconditioner, str) or preconditioner not in _PRECONDITIONERS):
         raise ValueError(
             f"preconditioner must be None or one of {tuple(_PRECONDITIONERS)} on the 'petsc' backend, "
             f"got {preconditioner!r} (other PETSc PCs: KSP(pc_type=...), petsc_options={{'pc_type': ...}} "
@@ -100,6 +98,7 @@ def solve(
     return backend.solve_ksp(
         A, B, ksp_type=_KSP_METHODS[method], pc_type=pc_type, tol=tol, maxiter=maxiter, x0=x0, restart=restart
     )
+
 
 def solve_ksp(
     backend,

@@ -39,6 +39,7 @@ def _int32(a: np.ndarray) -> np.ndarray:
         raise OverflowError("index values do not fit in int32 (CuPy would wrap them silently)")
     return a.astype(np.int32, copy=False)
 
+
 __all__ = [
     "coo_matrix", "csc_matrix", "csr_matrix", "diags", "eye", "identity", "issparse", "isspmatrix_csr", "spmatrix",
 ]  # fmt: skip
