@@ -17,35 +17,35 @@ def _check_stochastic(kernel) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["hard", "soft"])
-def test_pseudotime_kernel(measure, atlas, n_cells, backend_name, scheme):
+def test_pseudotime_kernel(measure, atlas, n_cells, backend, scheme):
     k = measure(
         lambda: PseudotimeKernel(atlas, time_key="pseudotime").compute_transition_matrix(
-            threshold_scheme=scheme, frac_to_keep=0.3, backend=backend_name
+            threshold_scheme=scheme, frac_to_keep=0.3, backend=backend
         ),
         n_cells,
     )
     _check_stochastic(k)
 
 
-def test_connectivity_kernel(measure, atlas, n_cells, backend_name):
-    k = measure(lambda: ConnectivityKernel(atlas).compute_transition_matrix(backend=backend_name), n_cells)
+def test_connectivity_kernel(measure, atlas, n_cells, backend):
+    k = measure(lambda: ConnectivityKernel(atlas).compute_transition_matrix(backend=backend), n_cells)
     _check_stochastic(k)
 
 
-def test_velocity_kernel(measure, atlas, n_cells, backend_name):
+def test_velocity_kernel(measure, atlas, n_cells, backend):
     kernels = pytest.importorskip("cellfate_gpu.kernels._velocity", reason="VelocityKernel not available yet")
     k = measure(
         lambda: kernels.VelocityKernel(atlas).compute_transition_matrix(
-            model="deterministic", similarity="correlation", backend=backend_name
+            model="deterministic", similarity="correlation", backend=backend
         ),
         n_cells,
     )
     _check_stochastic(k)
 
 
-def test_kernel_combination(measure, atlas, n_cells, backend_name):
-    pk = PseudotimeKernel(atlas, time_key="pseudotime").compute_transition_matrix(backend=backend_name)
-    ck = ConnectivityKernel(atlas).compute_transition_matrix(backend=backend_name)
+def test_kernel_combination(measure, atlas, n_cells, backend):
+    pk = PseudotimeKernel(atlas, time_key="pseudotime").compute_transition_matrix(backend=backend)
+    ck = ConnectivityKernel(atlas).compute_transition_matrix(backend=backend)
 
     def combine():
         k = 0.8 * pk + 0.2 * ck

@@ -14,6 +14,7 @@ __all__ = [
     "schur_matrix",
     "macrostates",
     "macrostates_memberships",
+    "states_memberships",
     "colors",
     "coarse",
     "terminal_states",
@@ -65,6 +66,11 @@ def macrostates(backward: bool = False) -> str:
 def macrostates_memberships(backward: bool = False) -> str:
     """``obsm`` key of the macrostate memberships."""
     return f"{macrostates(backward)}_memberships"
+
+
+def states_memberships(key: str) -> str:
+    """``obsm`` key of the memberships of the states in ``obs[key]`` (``term_states_fwd_memberships``)."""
+    return f"{key}_memberships"
 
 
 def colors(key: str) -> str:

@@ -16,6 +16,9 @@ from __future__ import annotations
 from typing import Any, final
 
 import numpy as np
+import pandas as pd
+
+from cellfate_gpu._logging import warning
 
 __all__ = ["Lineage", "default_colors"]
 
@@ -53,6 +56,50 @@ def _mean_color(colors: list[str]) -> str:
 
 def _split_key(key: str) -> list[str]:
     return [p.strip() for p in str(key).strip(" ,").split(",")]
+
+
+_DIST_MEASURES = ("cosine_sim", "wasserstein_dist", "kl_div", "js_div", "mutual_info", "equal")
+
+
+def _reduction_weights(R: np.ndarray, Q: np.ndarray, measure: str) -> np.ndarray:
+    r"""``(n_query, n_reference)`` similarity weights :math:`W_{q,r}` of :meth:`Lineage.reduce`."""
+    n_q, n_r = Q.shape[1], R.shape[1]
+    if measure == "equal":
+        return np.ones((n_q, n_r))
+    if measure == "cosine_sim":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Rn = R / np.linalg.norm(R, axis=0)
+            Qn = Q / np.linalg.norm(Q, axis=0)
+        return Qn.T @ Rn
+    if measure == "mutual_info":
+        try:
+            from sklearn.feature_selection import mutual_info_regression
+        except ImportError as e:
+            raise ImportError(
+                "dist_measure='mutual_info' needs scikit-learn (`pip install scikit-learn`); "
+                "or pass another dist_measure, e.g. 'cosine_sim'."
+            ) from e
+        return np.vstack([mutual_info_regression(R, Q[:, q], random_state=0) for q in range(n_q)])
+    # point-wise distances between the columns as distributions over the cells without zeros
+    import scipy.stats as st
+    from scipy.spatial.distance import jensenshannon
+
+    keep = ~((R == 0).any(axis=1) | (Q == 0).any(axis=1))
+    if (~keep).any():
+        warning("Removed %d row(s) that contain zeros before computing %s.", int((~keep).sum()), measure)
+    if not keep.any():
+        raise ValueError(f"Every cell has a zero lineage value; {measure} is undefined.")
+    Rk, Qk = R[keep], Q[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        Rk = Rk / np.abs(Rk).sum(axis=0)
+        Qk = Qk / np.abs(Qk).sum(axis=0)
+    dist = {"wasserstein_dist": st.wasserstein_distance, "kl_div": st.entropy, "js_div": jensenshannon}[measure]
+    W = np.empty((n_q, n_r))
+    for q in range(n_q):
+        for r in range(n_r):
+            d = float(dist(Qk[:, q], Rk[:, r]))
+            W[q, r] = np.inf if d == 0 else 1.0 / d  # identical columns: CellRank's 1/0, refused by the caller
+    return W
 
 
 @final
@@ -261,6 +308,148 @@ class Lineage(np.ndarray):
             raise ValueError(f"method must be 'kl_divergence' or 'entropy', got {method!r}.")
         lo, hi = float(np.min(score)), float(np.max(score))
         return np.zeros_like(score) if hi <= lo else (score - lo) / (hi - lo)
+
+    # ------------------------------------------------------------------ reduction
+    def reduce(
+        self,
+        *keys: str,
+        mode: str = "dist",
+        dist_measure: str = "mutual_info",
+        normalize_weights: str = "softmax",
+        softmax_scale: float = 1.0,
+        return_weights: bool = False,
+    ) -> Lineage | tuple[Lineage, pd.DataFrame | None]:
+        r"""Keep the lineages ``keys`` and give them the mass of the others, so rows sum to 1 again.
+
+        With reference columns :math:`R` (the ``keys``, ``"A, B"`` merges) and query columns
+        :math:`Q` (every lineage not in a key), rows of ``self`` summing to 1:
+
+        * ``mode="scale"``: :math:`\hat R_{i,r} = R_{i,r} / \sum_{r'} R_{i,r'}`;
+        * ``mode="dist"``: :math:`\hat R = R + Q\,\hat W`, where :math:`W_{q,r}` measures how similar
+          query lineage :math:`q` is to reference :math:`r` over the cells (``dist_measure``) and
+          :math:`\hat W` normalises each row of :math:`W` to sum to 1 (``normalize_weights``).
+
+        Parameters
+        ----------
+        keys
+            Lineage names to keep (``"A, B"`` is one merged lineage).
+        mode
+            ``"dist"`` or ``"scale"``.
+        dist_measure
+            For ``mode="dist"``, :math:`W_{q,r}` is (as CellRank computes it)
+
+            - ``"cosine_sim"``: :math:`\cos(Q_{:,q}, R_{:,r})` over cells;
+            - ``"wasserstein_dist"``, ``"kl_div"``, ``"js_div"``: :math:`1 / d(q, r)` with
+              :math:`d` :func:`scipy.stats.wasserstein_distance` (columns taken as samples),
+              :math:`\mathrm{KL}(q \,\|\, r)` (:func:`scipy.stats.entropy`) or the Jensen-Shannon
+              distance (:func:`scipy.spatial.distance.jensenshannon`), on the columns normalised to
+              sum 1 over the cells where no lineage is exactly 0;
+            - ``"mutual_info"``: :func:`sklearn.feature_selection.mutual_info_regression` of
+              :math:`Q_{:,q}` on the columns of :math:`R` (``random_state=0``; CellRank leaves it
+              unseeded);
+            - ``"equal"``: :math:`W_{q,r} = 1`.
+        normalize_weights
+            ``"scale"``: :math:`\hat W_{q,r} = W_{q,r} / \sum_{r'} W_{q,r'}`; ``"softmax"``:
+            :math:`\hat W_{q,\cdot} = \operatorname{softmax}(\beta\, W_{q,\cdot} / \sum_{r'} W_{q,r'})`
+            with :math:`\beta` = ``softmax_scale``.
+        softmax_scale
+            :math:`\beta`.
+        return_weights
+            Also return :math:`\hat W` as a DataFrame (index: query, columns: reference names);
+            ``None`` for ``mode="scale"``.
+
+        Returns
+        -------
+        Lineage or (Lineage, pandas.DataFrame or None)
+            ``(n_cells, len(keys))``, rows summing to 1.
+
+        Notes
+        -----
+        One key gives a column of ones. Lineages are excluded from the query by name components
+        (``"A"`` is in the key ``"A, B"``); CellRank tests substrings, so there a key ``"AB"`` would
+        also drop a lineage ``"A"``.
+        """
+        if mode not in ("dist", "scale"):
+            raise ValueError(f"mode must be 'dist' or 'scale', got {mode!r}.")
+        if dist_measure not in _DIST_MEASURES:
+            raise ValueError(f"dist_measure must be one of {_DIST_MEASURES}, got {dist_measure!r}.")
+        if normalize_weights not in ("scale", "softmax"):
+            raise ValueError(f"normalize_weights must be 'scale' or 'softmax', got {normalize_weights!r}.")
+        if not keys:
+            raise ValueError("Unable to perform the reduction, no keys specified.")
+        sums = self.X.sum(axis=1)
+        off = ~np.isclose(sums, 1.0)
+        if off.any():
+            raise ValueError(
+                f"Memberships do not sum to one row-wise: {int(off.sum())} of {self.shape[0]} rows "
+                f"(e.g. row {int(np.flatnonzero(off)[0])} sums to {sums[off][0]:.6g})."
+            )
+        reference = self[:, list(keys)]
+        if len(keys) == 1:
+            ones = Lineage(np.ones((self.shape[0], 1)), names=reference.names, colors=reference.colors)
+            return (ones, None) if return_weights else ones
+        if return_weights and mode == "scale":
+            warning("With mode='scale', no weights are computed; returning None for them.")
+        used = {p for name in reference.names for p in _split_key(name)}
+        rest = [n for n in self.names if n not in used]
+        if not rest:
+            warning("All lineages are selected; returning the selection only.")
+            return (reference.copy(), None) if return_weights else reference.copy()
+        query = self[:, rest]
+        R, Q = reference.X, query.X
+        weights_n = None
+        if mode == "scale":
+            s = R.sum(axis=1, keepdims=True)
+            if (s <= 0).any():
+                raise ValueError(
+                    f"{int((s <= 0).sum())} cell(s) have no mass on the lineages {reference.names}; "
+                    "mode='scale' cannot renormalise them (use mode='dist')."
+                )
+            out = R / s
+        else:
+            W = _reduction_weights(R, Q, dist_measure)
+            if W.shape != (Q.shape[1], R.shape[1]):
+                raise ValueError(f"Expected weights of shape {(Q.shape[1], R.shape[1])}, found {W.shape}.")
+            if not np.isfinite(W).all():
+                raise ValueError(f"The {dist_measure} weights contain non-finite values.")
+            if (W < 0).any():
+                raise ValueError(f"The {dist_measure} weights contain negative values.")
+            if (W == 0).any():
+                warning("The %s weight matrix contains exact zeros.", dist_measure)
+            rs = W.sum(axis=1, keepdims=True)
+            if (rs <= 0).any():
+                raise ValueError(
+                    f"Query lineage(s) {[rest[i] for i in np.flatnonzero(rs.ravel() <= 0)]} have zero "
+                    f"{dist_measure} weight to every kept lineage."
+                )
+            weights_n = W / rs
+            if normalize_weights == "softmax":
+                e = np.exp(
+                    float(softmax_scale) * weights_n - np.max(float(softmax_scale) * weights_n, axis=1, keepdims=True)
+                )
+                weights_n = e / e.sum(axis=1, keepdims=True)
+            out = R + Q @ weights_n
+        if not np.allclose(out.sum(axis=1), 1.0):
+            raise ValueError("Reduced lineage rows do not sum to 1.")
+        result = Lineage(out, names=reference.names, colors=reference.colors)
+        if return_weights:
+            if weights_n is None:
+                return result, None
+            return result, pd.DataFrame(weights_n, index=query.names, columns=reference.names)
+        return result
+
+    # ------------------------------------------------------------------ plots
+    def plot_pie(self, *args: Any, **kwargs: Any) -> None:
+        r"""Pie chart of ``reduction(X, axis=0)``, one wedge per lineage (CellRank's ``plot_pie``).
+
+        Wedge :math:`l` has the share :math:`a_l / \sum_k a_k` with :math:`a = ` ``reduction`` of the
+        values over cells and is labelled with :math:`a_l`. The arguments (``reduction``, ``title``,
+        ``legend_loc``, ``legend_kwargs``, ``figsize``, ``dpi``, ``save``, in CellRank's order, and
+        pie keywords) are :func:`cellfate_gpu.pl._lineage.lineage_pie`'s.
+        """
+        from cellfate_gpu.pl._lineage import lineage_pie
+
+        lineage_pie(self, *args, **kwargs)
 
     # ------------------------------------------------------------------ AnnData
     def to_adata_dict(self, key: str) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -23,15 +24,40 @@ def test_matvec_counter_counts_columns_and_restores_backend():
     be = get_backend("scipy")
     A = sp.random(50, 50, density=0.1, format="csr", random_state=0)
     with bm.MatvecCounter(be) as c:
-        y = be.spmm(A, np.ones(50))
-        Y = be.spmm(A, np.ones((50, 4)))
+        counted = c.backend  # a private counting view; the cached backend is never modified
+        y = counted.spmm(A, np.ones(50))
+        Y = counted.spmm(A, np.ones((50, 4)))
+        be.spmm(A, np.ones(50))  # the cached instance, which nobody asked to count
     np.testing.assert_allclose(y, A @ np.ones(50))
     np.testing.assert_allclose(Y, A @ np.ones((50, 4)))
     assert (c.calls, c.matvecs) == (2, 5)
     assert c.bytes == bm.spmv_bytes(50, A.nnz, 1) + bm.spmv_bytes(50, A.nnz, 4)
     assert "spmm" not in vars(be)  # the class method is back
     be.spmm(A, np.ones(50))
+    counted.spmm(A, np.ones(50))  # no counter open: nothing is counted
     assert c.calls == 2
+
+
+def test_matvec_counters_nest_and_stay_in_their_context():
+    be = bm.counting_backend(get_backend("scipy"))
+    assert be is not get_backend("scipy") and type(be) is type(get_backend("scipy"))
+    A = sp.random(30, 30, density=0.2, format="csr", random_state=1)
+    with bm.MatvecCounter() as outer:
+        be.spmm(A, np.ones((30, 2)))
+        with bm.MatvecCounter() as inner:
+            be.spmm(A, np.ones(30))
+        with pytest.raises(RuntimeError, match="already open"), outer:
+            pass
+    assert (outer.calls, outer.matvecs) == (2, 3) and (inner.calls, inner.matvecs) == (1, 1)
+
+    seen = []
+    with bm.MatvecCounter() as main:
+        thread = threading.Thread(target=lambda: seen.append(be.spmm(A, np.ones(30))))
+        thread.start()
+        thread.join()
+    assert len(seen) == 1 and main.calls == 0  # a new thread starts with an empty context
+    with pytest.raises(ValueError, match="without a backend"):
+        _ = bm.MatvecCounter().backend
 
 
 def test_step_closure_adds_prerequisites_in_pipeline_order():

@@ -331,6 +331,123 @@ def test_anndata_round_trip(cupy, caplog, monkeypatch):
         anndata_to_device(adata, layers="velocity", backend="scipy")
 
 
+@pytest.fixture
+def anndata_double(cupy, monkeypatch):
+    """AnnData that accepts the double's arrays in its slots (as it accepts CuPy's)."""
+    import typing
+
+    import anndata.typing
+    import cupyx.scipy.sparse as csp
+
+    # AnnData resolves its CuPy types when it is first imported; in a full test run that happens
+    # before the double is installed, so teach AnnData's type check the double's classes.
+    monkeypatch.setattr(
+        anndata.typing,
+        "ArrayDataStructureTypes",
+        typing.Union[anndata.typing.ArrayDataStructureTypes, cupy.ndarray, csp.csr_matrix],  # noqa: UP007
+    )
+    return cupy
+
+
+def _device_atlas():
+    from cellfate_gpu.datasets import synthetic_atlas
+
+    host = synthetic_atlas(n_cells=300, n_lineages=3, n_genes=30, seed=2)
+    return host, host.copy()
+
+
+@pytest.mark.parametrize("kernel", ["connectivity", "pseudotime", "velocity"])
+def test_kernels_read_a_device_anndata_without_host_copies(anndata_double, kernel):
+    """After ``anndata_to_device(obsp=...)`` the graph stays on the device: the kernel's T on cupy equals
+    the host kernel's, and building it moves nothing to the host (no d2h, no implicit copy)."""
+    import cupyx.scipy.sparse as csp
+
+    from cellfate_gpu.device import anndata_to_device
+    from cellfate_gpu.kernels import ConnectivityKernel, PseudotimeKernel, VelocityKernel
+
+    cupy = anndata_double
+    host, dev = _device_atlas()
+    anndata_to_device(dev, obsp=["connectivities"])
+    assert isinstance(dev.obsp["connectivities"], csp.csr_matrix)
+    before = dev.obsp["connectivities"].get()
+
+    def build(adata, backend):
+        if kernel == "connectivity":
+            return ConnectivityKernel(adata).compute_transition_matrix(backend=backend)
+        if kernel == "pseudotime":
+            return PseudotimeKernel(adata, time_key="dpt_pseudotime").compute_transition_matrix(backend=backend)
+        return VelocityKernel(adata).compute_transition_matrix(softmax_scale=4.0, backend=backend)
+
+    T_ref = build(host, "scipy").transition_matrix
+    cupy.reset_transfers()
+    k = build(dev, "cupy")
+    moved = dict(cupy.TRANSFERS)
+    T_dev = k.native_transition_matrix
+    assert isinstance(T_dev, csp.csr_matrix)
+    assert moved.get("implicit_h2d", 0) == 0, moved
+    # the graph never comes to the host; what does are a few counts read by the backend's to_host
+    # (non-finite/negative/zero entries, isolated cells, the stochastic-matrix check) -- small reads
+    graph_bytes = before.data.nbytes + before.indices.nbytes + before.indptr.nbytes
+    assert cupy.TRANSFER_BYTES["d2h"] < graph_bytes / 10, (moved, dict(cupy.TRANSFER_BYTES))
+    print(f"\n{kernel}: transfers {moved}, bytes {dict(cupy.TRANSFER_BYTES)}, graph {graph_bytes} bytes")
+    np.testing.assert_allclose(k.transition_matrix.toarray(), T_ref.toarray(), rtol=1e-12, atol=1e-15)
+    # the caller's device graph is unchanged (kernels work on a device copy)
+    after = dev.obsp["connectivities"].get()
+    assert (after != before).nnz == 0 and after.nnz == before.nnz
+
+
+def test_device_graph_feeds_a_host_backend_through_named_transfers(anndata_double):
+    """A device graph used by a scipy-backend kernel moves through cupy's to_scipy_csr (counted d2h)."""
+    from cellfate_gpu.device import anndata_to_device
+    from cellfate_gpu.kernels import ConnectivityKernel
+
+    cupy = anndata_double
+    host, dev = _device_atlas()
+    anndata_to_device(dev, obsp="connectivities", layers=["Ms", "velocity"])
+    cupy.reset_transfers()
+    T = ConnectivityKernel(dev).compute_transition_matrix(backend="scipy").transition_matrix
+    assert cupy.TRANSFERS["d2h"] >= 1 and cupy.TRANSFERS.get("implicit_h2d", 0) == 0
+    ref = ConnectivityKernel(host).compute_transition_matrix(backend="scipy").transition_matrix
+    np.testing.assert_allclose(T.toarray(), ref.toarray(), rtol=1e-12, atol=1e-15)
+    # device layers are read by the velocity kernel through the backend's to_host (x and v), plus the
+    # one read of the graph's counts (non-finite, negative, zero entries)
+    from cellfate_gpu.kernels import VelocityKernel
+
+    cupy.reset_transfers()
+    vk = VelocityKernel(dev)
+    assert cupy.TRANSFERS["d2h"] == 3 and cupy.TRANSFERS.get("implicit_h2d", 0) == 0, dict(cupy.TRANSFERS)
+    np.testing.assert_allclose(
+        vk.compute_transition_matrix(softmax_scale=4.0, backend="cupy").transition_matrix.toarray(),
+        VelocityKernel(host).compute_transition_matrix(softmax_scale=4.0, backend="scipy").transition_matrix.toarray(),
+        rtol=1e-12,
+        atol=1e-15,
+    )
+
+
+def test_device_graph_is_checked_on_the_device(anndata_double):
+    """Negative or non-finite device connectivities are refused, naming the key, without a host copy."""
+    import cupyx.scipy.sparse as csp
+
+    from cellfate_gpu.kernels import ConnectivityKernel
+
+    del anndata_double  # AnnData accepting the double's matrices is all this test needs from it
+    host, dev = _device_atlas()
+    bad = host.obsp["connectivities"].copy()
+    bad.data[3] = -1.0
+    dev.obsp["connectivities"] = csp.csr_matrix(bad)
+    with pytest.raises(ValueError, match=r"adata.obsp\['connectivities'\] has 1 negative entries"):
+        ConnectivityKernel(dev)
+    bad.data[3] = np.nan
+    dev.obsp["connectivities"] = csp.csr_matrix(bad)
+    with pytest.raises(ValueError, match="1 non-finite entries"):
+        ConnectivityKernel(dev)
+    with_zero = host.obsp["connectivities"].copy()
+    with_zero.data[5] = 0.0  # an explicit zero is dropped on the kernel's copy, not in adata
+    dev.obsp["connectivities"] = csp.csr_matrix(with_zero)
+    k = ConnectivityKernel(dev)
+    assert k.connectivities.nnz == with_zero.nnz - 1 and dev.obsp["connectivities"].nnz == with_zero.nnz
+
+
 # ---------------------------------------------------------------------------------------- the backend on CuPy 14
 def test_segment_sum_is_exact_per_row_not_a_cumsum_difference(cupy):
     """``cupy.add.reduceat`` would give ``c[p_{i+1}] - c[p_i]`` (the double computes it as CuPy does,
@@ -439,3 +556,37 @@ def test_precision_policy_float32_storage_float64_vectors(cupy):
     np.testing.assert_allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-12)
     P_stored = bk.to_scipy_csr(P32).astype(np.float64)
     assert np.linalg.norm(P_stored @ Q - Q @ schur.R, 2) <= 1e-9
+
+
+def test_gmres_progress_estimate_survives_a_stagnating_residual():
+    """Found by the GPU smoke's dry run (block GMRES + Jacobi stagnating on the device): a residual that
+    falls by 1e-300 per iteration made the progress estimate ``inf`` and crashed the solve."""
+    from cellfate_gpu.linalg.gmres import _Monitor
+
+    monitor = _Monitor(1e-12, 20_000, 2, 5000)
+    try:
+        monitor.history = [(30, 1.4e-2), (60, 1.4e-2 * (1 - 1e-16))]
+        assert monitor._estimate() is None
+        monitor.cycle(90, np.array([1.4e-2 * (1 - 2e-16), 1e-3]))  # must not raise
+        monitor.history = [(30, 1e-2), (60, 1e-4)]  # a real rate: 1e-8 more needs 4 x 30 iterations
+        assert monitor._estimate() in (120, 121)  # ceil of 120 up to rounding
+    finally:
+        monitor.close()
+
+
+def test_krylov_products_make_no_contiguity_copies(cupy):
+    """Block GMRES and Krylov-Schur keep their bases so that every product is a GEMV/GEMM on contiguous
+    memory: CuPy's matmul copies nothing (the batched ``(s, j + 1, n)`` products on strided slices used
+    to copy the basis four times per iteration, 30.9 GiB at n = 36k, 6 right-hand sides)."""
+    bk = get_backend("cupy")
+    n = 600
+    A = sp.csr_matrix(sp.identity(n) - 0.9 * knn_chain(n, seed=7))
+    M, B = bk.from_scipy_csr(A), bk.asarray(np.random.default_rng(0).standard_normal((n, 4)))
+    cupy.reset_transfers()
+    res = bk.solve(M, B, tol=1e-10, restart=20)
+    assert res.converged and res.iterations > 20  # more than one cycle
+    assert cupy.TRANSFERS.get("copy", 0) == 0, dict(cupy.TRANSFERS)
+    cupy.reset_transfers()
+    schur = bk.partial_schur(bk.from_scipy_csr(knn_chain(n, seed=3)), 4)
+    assert schur.converged and schur.matvecs > 50
+    assert cupy.TRANSFERS.get("copy", 0) == 0, dict(cupy.TRANSFERS)

@@ -226,8 +226,8 @@ def test_bad_inputs_are_named(toy_adata):
     k = VelocityKernel(toy_adata)
     with pytest.raises(ValueError, match="similarity"):
         k.compute_transition_matrix(similarity="euclid")
-    with pytest.raises(NotImplementedError, match="stochastic"):
-        k.compute_transition_matrix(model="stochastic")
+    with pytest.raises(ValueError, match="model"):
+        k.compute_transition_matrix(model="stochastics")
     with pytest.raises(ValueError, match="softmax_scale"):
         k.compute_transition_matrix(softmax_scale=-1.0)
 

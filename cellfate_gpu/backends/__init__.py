@@ -29,6 +29,7 @@ __all__ = [
     "SolveResult",
     "Status",
     "available_backends",
+    "array_backend_of",
     "backend_of",
     "get_backend",
 ]
@@ -186,4 +187,21 @@ def backend_of(A: Any) -> Backend | None:
         backend = _instance(name)
         if backend.is_native(A):
             return backend
+    return None
+
+
+def array_backend_of(x: Any) -> Backend | None:
+    """The backend whose dense array ``x`` is (a CuPy or JAX array), if any (``None`` for NumPy).
+
+    Found, as in :func:`backend_of`, by the module that defines ``x``'s type, so only a backend
+    that can own it is instantiated.
+    """
+    if isinstance(x, np.ndarray | np.generic):
+        return None
+    module = type(x).__module__ or ""
+    for name in _registry():
+        if name == "scipy" or not _may_own(name, module):
+            continue
+        if _why_not(name) is None:
+            return _instance(name)
     return None

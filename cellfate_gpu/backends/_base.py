@@ -25,7 +25,32 @@ import scipy.sparse as sp
 from cellfate_gpu._logging import logger
 from cellfate_gpu.backends._results import EigResult, SchurResult, SolveResult
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "host_csr"]
+
+
+def host_csr(A: Any) -> Any:
+    """SciPy sparse ``A`` as it is; another backend's native matrix moved to the host by its owner.
+
+    The move is the owning backend's :meth:`Backend.to_scipy_csr` (a named, logged transfer), so a
+    matrix that lives on a device (a ``cupyx`` CSR in ``adata.obsp``, say) can feed a host backend
+    without an implicit conversion.
+
+    Raises
+    ------
+    TypeError
+        ``A`` is neither SciPy sparse nor the native matrix of a usable backend.
+    """
+    if sp.issparse(A):
+        return A
+    from cellfate_gpu.backends import backend_of
+
+    owner = backend_of(A)
+    if owner is None:
+        raise TypeError(
+            f"Expected a SciPy sparse matrix or a backend's native sparse matrix, got {type(A).__module__}."
+            f"{type(A).__name__}."
+        )
+    return owner.to_scipy_csr(A)
 
 
 class Backend(abc.ABC):
@@ -76,7 +101,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def from_scipy_csr(self, A: sp.csr_array | sp.csr_matrix, dtype: Any = None) -> Any:
-        """Move a host CSR matrix to the backend's native sparse matrix (a logged transfer)."""
+        """Move a host CSR matrix to the backend's native sparse matrix (a logged transfer).
+
+        Another backend's native matrix is accepted too and first moved to the host by its owner
+        (:func:`host_csr`); a device backend may take its own native matrices without a transfer
+        (a cast copy on the device).
+        """
 
     @abc.abstractmethod
     def to_scipy_csr(self, A: Any) -> sp.csr_matrix:
@@ -111,8 +141,12 @@ class Backend(abc.ABC):
     def segment_max(self, values: Any, indptr: Any) -> Any:
         """Per-row maxima; empty rows give ``-inf``."""
 
-    def row_ids(self, indptr: Any) -> Any:
-        """Row index of every stored entry (length ``nnz``), from ``indptr``."""
+    def row_ids(self, indptr: Any, nnz: int | None = None) -> Any:
+        """Row index of every stored entry (length ``nnz``), from ``indptr``.
+
+        ``nnz`` (``indptr[-1]``, e.g. ``data.shape[0]``) may be given by a caller that knows it, so a
+        device backend need not read it from the device (a synchronisation).
+        """
         xp = self.xp
         n = indptr.shape[0] - 1
         counts = indptr[1:] - indptr[:-1]
@@ -151,7 +185,7 @@ class Backend(abc.ABC):
     def scale_rows(self, A: Any, d: Any) -> Any:
         """``diag(d) @ A`` for a backend vector ``d``."""
         data, indices, indptr = self.csr_components(A)
-        scaled = data * self.xp.take(d, self.row_ids(indptr))
+        scaled = data * self.xp.take(d, self.row_ids(indptr, int(data.shape[0])))
         return self.csr_from_components(scaled, indices, indptr, tuple(A.shape))
 
     # ---------------------------------------------------------------- capabilities
@@ -245,6 +279,15 @@ class Backend(abc.ABC):
         return eig_from_schur(self, A, k, which=which, tol=tol, maxiter=maxiter, left=left, vectors=vectors)
 
     # ---------------------------------------------------------------- helpers
+    def fuse(self, fn: Any) -> Any:
+        """``fn``, a pure function of backend arrays, as one compiled program where the backend compiles.
+
+        The default returns ``fn`` itself (NumPy, CuPy: every operation is already one kernel call);
+        the ``jax`` backend returns ``jax.jit(fn)``, so that a block of eager operations compiles into
+        one XLA program per input shape instead of one per operation.
+        """
+        return fn
+
     def _log_transfer(self, what: str, direction: str, nbytes: int) -> None:
         logger.debug("%s transfer %s: %s (%.2f MiB)", self.name, direction, what, nbytes / 2**20)
 

@@ -58,7 +58,7 @@ from typing import Any, final
 import numpy as np
 import scipy.sparse as sp
 
-from cellfate_gpu.backends._base import Backend
+from cellfate_gpu.backends._base import Backend, host_csr
 from cellfate_gpu.linalg.krylov_schur import default_ncv
 
 __all__ = ["CupyBackend", "DeviceMemoryError"]
@@ -201,9 +201,18 @@ class CupyBackend(Backend):
         return np.asarray(x)
 
     def from_scipy_csr(self, A: Any, dtype: Any = None) -> Any:
+        """Host CSR to the device (a logged transfer); a ``cupyx`` matrix stays on the device.
+
+        A device matrix (``adata.obsp`` after :func:`cellfate_gpu.device.anndata_to_device`) is
+        converted to canonical CSR in ``dtype`` and *copied* on the device, so the result never
+        shares buffers with the caller's matrix; nothing crosses to the host. Another backend's
+        native matrix comes through that backend's :meth:`to_scipy_csr`.
+        """
         from cellfate_gpu._settings import settings
 
-        A = sp.csr_matrix(A)
+        if isinstance(A, self._csp.spmatrix):
+            return self._device_csr(A, dtype)
+        A = sp.csr_matrix(host_csr(A))
         if dtype is None:
             dtype = settings.dtype if A.dtype.kind == "f" else np.float64
         A = sp.csr_matrix(A, dtype=dtype)
@@ -217,6 +226,21 @@ class CupyBackend(Backend):
         self.check_device_memory(nbytes, what)
         self._log_transfer(what, "host->device", nbytes)
         return self._csp.csr_matrix(A)
+
+    def _device_csr(self, A: Any, dtype: Any) -> Any:
+        """Canonical CSR copy of a ``cupyx`` matrix in ``dtype``, made on the device."""
+        from cellfate_gpu._settings import settings
+
+        if dtype is None:
+            dtype = settings.dtype if A.dtype.kind == "f" else np.float64
+        A = A.tocsr()
+        self.check_index_range(tuple(A.shape), int(A.nnz))
+        nbytes = int(A.nnz) * (np.dtype(dtype).itemsize + 4) + 4 * (int(A.shape[0]) + 1)
+        self.check_device_memory(nbytes, f"copy of the CSR matrix {A.shape[0]}x{A.shape[1]} nnz={A.nnz}")
+        out = A.astype(np.dtype(dtype)) if A.dtype != np.dtype(dtype) else A.copy()
+        if not out.has_canonical_format:
+            out.sum_duplicates()
+        return out
 
     def to_scipy_csr(self, A: Any) -> sp.csr_matrix:
         A = self.ensure_native(A)
@@ -254,13 +278,14 @@ class CupyBackend(Backend):
             cp.add.at(marks, indptr[1:-1], 1)  # empty rows stack their markers on one position
         return cp.cumsum(marks[:nnz], dtype=np.int32)
 
-    def row_ids(self, indptr: Any) -> Any:
+    def row_ids(self, indptr: Any, nnz: int | None = None) -> Any:
         r"""Row of every stored entry: :math:`r = \mathrm{cumsum}(\sum_{i \ge 1} e_{p_i})` over ``[0, nnz)``.
 
-        Reads ``nnz = indptr[-1]`` from the device (one 4-byte sync); the backend's own callers
-        (:meth:`segment_max`, :meth:`scale_rows`) know ``nnz`` from the values and do not sync.
+        Without ``nnz`` it reads ``indptr[-1]`` from the device (one 4-byte sync); callers that know
+        it from the values (``data.shape[0]``: :meth:`segment_max`, :meth:`scale_rows`, the Jacobi
+        preconditioner) pass it and do not sync.
         """
-        return self._row_ids(indptr, int(indptr[-1]))
+        return self._row_ids(indptr, int(indptr[-1]) if nnz is None else int(nnz))
 
     def segment_sum(self, values: Any, indptr: Any) -> Any:
         r"""Per-row sums :math:`s_i = \sum_{p_i \le j < p_{i+1}} v_j` in float64 (0 for empty rows).

@@ -29,7 +29,11 @@ Compiled Krylov sweeps
     :math:`j + 1`; the whole sweep from column ``p`` to ``m`` is one jitted ``fori_loop`` (the start
     ``p`` is a traced integer) and the restart :math:`V_{:p} \leftarrow Z_{:, :p}^T V_{:m}`,
     :math:`v_p \leftarrow v_m` is one jitted product with a zero-padded ``Z``. Both compile once per
-    ``(n, m)`` and matrix layout, not once per step or restart.
+    ``(n, m)`` and matrix layout, not once per step or restart. The row primitives (row ids,
+    segment sum and max) and the ELLPACK copy are jitted too, one program each per shape: eager,
+    they compiled about 40 programs per matrix size. A whole public ``partial_schur`` at a new size
+    compiles fewer than 40 programs, and so does a block-GMRES solve, whose cycle start, packing and
+    residual are fused by :meth:`JaxBackend.fuse` (tests/test_jax_backend.py).
 
 Structural operations
     XLA has no good kernel for transposes, sums of matrices with different patterns or
@@ -46,7 +50,7 @@ from typing import Any, final
 import numpy as np
 import scipy.sparse as sp
 
-from cellfate_gpu.backends._base import Backend
+from cellfate_gpu.backends._base import Backend, host_csr
 
 __all__ = ["JaxBackend", "JaxCSR"]
 
@@ -120,23 +124,80 @@ def _ell_kernel():
     return spmm
 
 
-def _ell_of(A: JaxCSR) -> tuple[Any, Any] | None:
-    """ELLPACK copy of ``A`` (cached on the matrix), or ``None`` if rows are too uneven or too long."""
-    if "ell" in A._ell:
-        return A._ell["ell"]
+@functools.cache
+def _jitted(fn: Any) -> Any:
+    import jax
+
+    return jax.jit(fn)
+
+
+@functools.cache
+def _row_kernels():
+    """Row ids, segment sum and segment max over CSR rows, each one jitted program per shape.
+
+    Eager, each would be half a dozen XLA programs (``repeat`` alone is a scatter-add and a
+    cumulative sum), compiled again for every new matrix size.
+    """
+    import jax
     import jax.numpy as jnp
 
+    @functools.partial(jax.jit, static_argnames=("nnz",))
+    def row_ids(indptr, nnz):
+        n = indptr.shape[0] - 1
+        return jnp.repeat(jnp.arange(n, dtype=indptr.dtype), indptr[1:] - indptr[:-1], total_repeat_length=nnz)
+
+    @jax.jit
+    def segment_sum(values, indptr):
+        n = indptr.shape[0] - 1
+        rows = row_ids(indptr, nnz=values.shape[0])
+        return jax.ops.segment_sum(values, rows, num_segments=n, indices_are_sorted=True)
+
+    @jax.jit
+    def segment_max(values, indptr):
+        n = indptr.shape[0] - 1
+        rows = row_ids(indptr, nnz=values.shape[0])
+        out = jax.ops.segment_max(values, rows, num_segments=n, indices_are_sorted=True)
+        return jnp.where((indptr[1:] - indptr[:-1]) == 0, -jnp.inf, out)
+
+    return row_ids, segment_sum, segment_max
+
+
+@functools.cache
+def _ell_builders():
+    """Jitted pieces of the ELLPACK copy: the longest row, and the padded ``(n, K)`` arrays (one program each)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def longest_row(indptr):
+        return jnp.max(indptr[1:] - indptr[:-1])
+
+    @functools.partial(jax.jit, static_argnames=("n", "width"))
+    def build(data, indices, indptr, row_ids, n, width):
+        pos = jnp.arange(data.shape[0], dtype=indptr.dtype) - indptr[row_ids]
+        values = jnp.zeros((n, width), dtype=data.dtype).at[row_ids, pos].set(data)
+        # padding points at column 0 with weight 0
+        columns = jnp.zeros((n, width), dtype=indices.dtype).at[row_ids, pos].set(indices)
+        return values, columns
+
+    return longest_row, build
+
+
+def _ell_of(A: JaxCSR) -> tuple[Any, Any] | None:
+    """ELLPACK copy of ``A`` (cached on the matrix), or ``None`` if rows are too uneven or too long.
+
+    Built by two compiled programs (the longest row, then the scatter into the padded arrays), not
+    by a dozen eager operations that would each compile once per matrix size.
+    """
+    if "ell" in A._ell:
+        return A._ell["ell"]
     n, nnz = A.shape[0], int(A.data.shape[0])
     ell = None
     if n > 0 and nnz > 0:
-        counts = A.indptr[1:] - A.indptr[:-1]
-        width = int(jnp.max(counts))  # one host read per matrix, at its first product
+        longest_row, build = _ell_builders()
+        width = int(longest_row(A.indptr))  # one host read per matrix, at its first product
         if width <= ELL_MAX_WIDTH and n * width <= ELL_MAX_PADDING * nnz:
-            pos = jnp.arange(nnz, dtype=A.indptr.dtype) - A.indptr[A.row_ids]
-            values = jnp.zeros((n, width), dtype=A.data.dtype).at[A.row_ids, pos].set(A.data)
-            # padding points at column 0 with weight 0
-            columns = jnp.zeros((n, width), dtype=A.indices.dtype).at[A.row_ids, pos].set(A.indices)
-            ell = (values, columns)
+            ell = build(A.data, A.indices, A.indptr, A.row_ids, n=n, width=width)
     A._ell["ell"] = ell
     return ell
 
@@ -368,6 +429,10 @@ class JaxBackend(Backend):
 
         return jnp
 
+    def fuse(self, fn: Any) -> Any:
+        """``jax.jit(fn)``, one jitted wrapper per function (so its compiled programs are reused)."""
+        return _jitted(fn)
+
     def arnoldi_sweep(self, A: JaxCSR, m: int, locked: Any = None) -> _ArnoldiSweep:
         """Hook of the generic Krylov-Schur: a fixed-shape basis of ``m + 1`` vectors.
 
@@ -408,7 +473,7 @@ class JaxBackend(Backend):
     def from_scipy_csr(self, A: Any, dtype: Any = None) -> JaxCSR:
         import jax.numpy as jnp
 
-        A = sp.csr_matrix(A, dtype=dtype if dtype is not None else np.float64)
+        A = sp.csr_matrix(host_csr(A), dtype=dtype if dtype is not None else np.float64)
         if not A.has_canonical_format:
             A = A.copy()
             A.sum_duplicates()
@@ -435,34 +500,18 @@ class JaxBackend(Backend):
         return A.data, A.indices, A.indptr
 
     def csr_from_components(self, data, indices, indptr, shape):
-        import jax.numpy as jnp
-
-        n = int(shape[0])
-        counts = indptr[1:] - indptr[:-1]
-        rows = jnp.repeat(jnp.arange(n, dtype=indptr.dtype), counts, total_repeat_length=int(data.shape[0]))
+        rows = _row_kernels()[0](indptr, nnz=int(data.shape[0]))
         return JaxCSR(data, indices, indptr, rows, (int(shape[0]), int(shape[1])))
 
-    def row_ids(self, indptr):
-        import jax.numpy as jnp
-
-        n = int(indptr.shape[0]) - 1
-        nnz = int(indptr[-1])
-        return jnp.repeat(jnp.arange(n, dtype=indptr.dtype), indptr[1:] - indptr[:-1], total_repeat_length=nnz)
+    def row_ids(self, indptr, nnz=None):
+        nnz = int(indptr[-1]) if nnz is None else int(nnz)  # a device read only when not given
+        return _row_kernels()[0](indptr, nnz=nnz)
 
     def segment_sum(self, values, indptr):
-        import jax
-
-        n = int(indptr.shape[0]) - 1
-        return jax.ops.segment_sum(values, self.row_ids(indptr), num_segments=n, indices_are_sorted=True)
+        return _row_kernels()[1](values, indptr)
 
     def segment_max(self, values, indptr):
-        import jax
-        import jax.numpy as jnp
-
-        n = int(indptr.shape[0]) - 1
-        out = jax.ops.segment_max(values, self.row_ids(indptr), num_segments=n, indices_are_sorted=True)
-        empty = (indptr[1:] - indptr[:-1]) == 0
-        return jnp.where(empty, -jnp.inf, out)
+        return _row_kernels()[2](values, indptr)
 
     # sparse algebra
     def spmm(self, A: JaxCSR, X: Any) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from cellfate_gpu.backends._base import Backend
+from cellfate_gpu.backends._base import Backend, host_csr
 from cellfate_gpu.backends._results import SolveResult, Status
 
 __all__ = ["ScipyBackend"]
@@ -48,6 +48,7 @@ class ScipyBackend(Backend):
         return np.asarray(x)
 
     def from_scipy_csr(self, A, dtype: Any = None) -> sp.csr_matrix:
+        A = host_csr(A)  # a device matrix (adata.obsp on a GPU) comes through its backend's named transfer
         out = sp.csr_matrix(A, dtype=dtype if dtype is not None else A.dtype)
         if not out.has_canonical_format:
             out = out.copy()
@@ -87,7 +88,7 @@ class ScipyBackend(Backend):
             out[nonempty] = np.maximum.reduceat(values, indptr[:-1][nonempty])
         return out
 
-    def row_ids(self, indptr):
+    def row_ids(self, indptr, nnz=None):
         return np.repeat(np.arange(len(indptr) - 1, dtype=indptr.dtype), np.diff(indptr))
 
     # sparse algebra

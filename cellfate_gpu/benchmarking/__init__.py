@@ -20,6 +20,7 @@ from cellfate_gpu.benchmarking._cellrank import CELLRANK_TOOL as CELLRANK_TOOL
 from cellfate_gpu.benchmarking._cellrank import _runner_path
 from cellfate_gpu.benchmarking._measure import MatvecCounter as MatvecCounter
 from cellfate_gpu.benchmarking._measure import PeakMemory as PeakMemory
+from cellfate_gpu.benchmarking._measure import counting_backend as counting_backend
 from cellfate_gpu.benchmarking._measure import spmv_bytes as spmv_bytes
 from cellfate_gpu.benchmarking._measure import stream_triad_bandwidth as stream_triad_bandwidth
 from cellfate_gpu.benchmarking._pipeline import ATLAS_KINDS as ATLAS_KINDS
@@ -54,6 +55,7 @@ __all__ = [
     "PeakMemory",
     "atlas_h5ad",
     "closure",
+    "counting_backend",
     "gpu_projection",
     "read_results",
     "run_benchmarks",

@@ -22,6 +22,8 @@ half the restart length (30) in GMRES.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import copy
 import itertools
 import math
 import os
@@ -95,51 +97,105 @@ def _nnz(A: Any) -> int | None:
     return None
 
 
-class MatvecCounter(contextlib.AbstractContextManager):
-    """Count the SpMMs a backend performs (and their bytes and time) while the context is open.
+#: The counters open in this context, innermost last (a tuple: contexts never share a mutable list).
+_OPEN_COUNTERS: contextvars.ContextVar[tuple[MatvecCounter, ...]] = contextvars.ContextVar(
+    "cellfate_gpu_matvec_counters", default=()
+)
 
-    Wraps the instance's ``spmm`` (an instance attribute shadowing the class method) and restores
-    it on exit. ``matvecs`` counts vectors (an SpMM with ``s`` columns counts ``s``); ``seconds`` is
-    the time spent inside ``spmm``; ``bytes`` follows :func:`spmv_bytes`. Backends whose solvers do
-    not go through ``spmm`` (PETSc's KSP/EPS) report zero.
+
+def counting_backend(backend: Any) -> Any:
+    """A private view of ``backend`` whose SpMMs are counted by the open :class:`MatvecCounter` s.
+
+    The view is a shallow copy of the backend instance (same class, same state: device handles,
+    caches and options are shared, not duplicated) whose ``spmm`` reports each product to every
+    :class:`MatvecCounter` open in the current context, then returns the backend's own result;
+    with none open it costs one context-variable read. The generic solvers the backend inherits
+    call ``self.spmm``, so their products are counted too. ``backend`` itself, usually the cached
+    instance :func:`~cellfate_gpu.backends.get_backend` hands everyone, is never modified: code
+    that did not ask for the view is not counted, and no state outlives the view.
+
+    Give the view as ``backend=`` to what is measured (kernels keep it; estimators use their
+    kernel's backend).
+    """
+    view = copy.copy(backend)
+    product = type(backend).spmm.__get__(view)
+
+    def spmm(A: Any, X: Any) -> Any:
+        counters = _OPEN_COUNTERS.get()
+        if not counters:
+            return product(A, X)
+        t0 = time.perf_counter()
+        Y = product(A, X)
+        with contextlib.suppress(Exception):  # wait for asynchronous devices where possible
+            getattr(Y, "block_until_ready", lambda: None)()
+        seconds = time.perf_counter() - t0
+        for counter in counters:
+            counter.record(A, X, seconds)
+        return Y
+
+    view.spmm = spmm  # an attribute of the private copy only
+    return view
+
+
+class MatvecCounter(contextlib.AbstractContextManager):
+    """Count the SpMMs of counting backends (and their bytes and time) while the context is open.
+
+    Scoped like :meth:`settings.using <cellfate_gpu._settings._Settings.using>`: entering pushes
+    this counter onto a :class:`contextvars.ContextVar`, leaving pops it, so counters nest (an
+    outer one sees the products of an inner one too) and threads or tasks with their own context
+    do not see each other's. What is counted are the ``spmm`` calls of :func:`counting_backend`
+    views; :attr:`backend` is such a view of ``backend`` (made on first use).
+
+    ``matvecs`` counts vectors (an SpMM with ``s`` columns counts ``s``); ``seconds`` is the time
+    spent inside ``spmm``; ``bytes`` follows :func:`spmv_bytes` (``default_nnz`` stands in for a
+    matrix whose stored entries cannot be read). Backends whose solvers do not go through
+    ``spmm`` (PETSc's KSP/EPS) report zero.
+
+    Parameters
+    ----------
+    backend
+        The backend whose counting view :attr:`backend` gives (optional).
+    default_nnz
+        Stored entries assumed for a matrix without ``nnz``/``nse``/``data``.
     """
 
-    def __init__(self, backend: Any, default_nnz: int | None = None):
-        self.backend = backend
+    def __init__(self, backend: Any = None, default_nnz: int | None = None):
+        self._of = backend
+        self._view: Any = None
         self.default_nnz = default_nnz
         self.calls = self.matvecs = self.bytes = 0
         self.seconds = 0.0
-        self._installed = False
+        self._token: contextvars.Token | None = None
+
+    @property
+    def backend(self) -> Any:
+        """A :func:`counting_backend` view of the backend this counter was made for."""
+        if self._of is None:
+            raise ValueError("MatvecCounter() was made without a backend; pass MatvecCounter(backend).")
+        if self._view is None:
+            self._view = counting_backend(self._of)
+        return self._view
+
+    def record(self, A: Any, X: Any, seconds: float) -> None:
+        """Add one SpMM ``A @ X`` that took ``seconds``."""
+        shape = getattr(X, "shape", ())
+        ncols = int(shape[1]) if len(shape) == 2 else 1
+        nnz = _nnz(A)
+        n = int(getattr(A, "shape", (0,))[0])
+        self.seconds += seconds
+        self.calls += 1
+        self.matvecs += ncols
+        self.bytes += spmv_bytes(n, nnz if nnz is not None else (self.default_nnz or 0), ncols)
 
     def __enter__(self) -> MatvecCounter:
-        original = type(self.backend).spmm.__get__(self.backend)
-
-        def counted(A: Any, X: Any) -> Any:
-            shape = getattr(X, "shape", ())
-            ncols = int(shape[1]) if len(shape) == 2 else 1
-            nnz = _nnz(A)
-            n = int(getattr(A, "shape", (0,))[0])
-            t0 = time.perf_counter()
-            Y = original(A, X)
-            with contextlib.suppress(Exception):  # wait for asynchronous devices where possible
-                getattr(Y, "block_until_ready", lambda: None)()
-            self.seconds += time.perf_counter() - t0
-            self.calls += 1
-            self.matvecs += ncols
-            self.bytes += spmv_bytes(n, nnz if nnz is not None else (self.default_nnz or 0), ncols)
-            return Y
-
-        try:
-            self.backend.spmm = counted
-            self._installed = True
-        except (AttributeError, TypeError):  # a frozen/slotted backend: nothing is counted
-            self._installed = False
+        if self._token is not None:
+            raise RuntimeError("This MatvecCounter is already open; make one per context.")
+        self._token = _OPEN_COUNTERS.set((*_OPEN_COUNTERS.get(), self))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._installed:
-            with contextlib.suppress(AttributeError):
-                del self.backend.spmm
+        _OPEN_COUNTERS.reset(self._token)
+        self._token = None
         return None
 
 

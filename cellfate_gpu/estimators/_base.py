@@ -10,35 +10,48 @@ leaves no half-written state behind.
 from __future__ import annotations
 
 import abc
-from contextlib import nullcontext
-from typing import Any
+import copy as _copy
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, final
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from cellfate_gpu import _keys
-from cellfate_gpu._logging import info, timed
+from cellfate_gpu._logging import info, timed, warning
 from cellfate_gpu._settings import settings
-from cellfate_gpu.backends import get_backend
+from cellfate_gpu.backends import Backend, get_backend
 from cellfate_gpu.estimators._absorption import _absorption_times, fate_probabilities
 from cellfate_gpu.estimators._drivers import lineage_drivers
 from cellfate_gpu.kernels import Kernel, PrecomputedKernel
-from cellfate_gpu.kernels._base import check_no_options
+from cellfate_gpu.kernels._random_walk import resolve_cells
+from cellfate_gpu.kernels._validation import JOBLIB_BACKENDS, check_no_options
 from cellfate_gpu.lineage import Lineage, default_colors
 
-__all__ = ["BaseEstimator", "check_positive_int", "short_kernel_repr"]
+__all__ = ["BaseEstimator", "UnknownStateError", "check_positive_int", "short_kernel_repr"]
+
+#: AnnData attributes :meth:`BaseEstimator.to_adata` can keep (CellRank's ``Attr_t``).
+_ADATA_ATTRS = ("X", "raw", "layers", "obs", "var", "obsm", "varm", "obsp", "varp", "uns")
+
+
+class UnknownStateError(KeyError, ValueError):
+    """A state name that is not among the estimator's states.
+
+    A :class:`KeyError` (a name lookup failed) and a :class:`ValueError` (CellRank raises that for the
+    same mistake), so code written against either catches it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def short_kernel_repr(kernel: Kernel) -> str:
     """``PseudotimeKernel[n=5780]`` or ``(0.8 * PseudotimeKernel[n=..] + 0.2 * ...)``, as CellRank prints it."""
-    node = kernel.expression
-    if node is None:
-        return f"{'~' if kernel.backward else ''}{type(kernel).__name__}[n={len(kernel)}]"
-    if node.operation == "scale":
-        return f"{node.constant:g} * {short_kernel_repr(node.operands[0])}"
-    sep = " + " if node.operation == "sum" else " * "
-    return "(" + sep.join(short_kernel_repr(op) for op in node.operands) + ")"
+    return str(kernel)
 
 
 def _as_kernel(obj: Any, backward: bool, obsp_key: str | None) -> Kernel:
@@ -90,6 +103,40 @@ def check_positive_int(name: str, value: Any, *, upper: int | None = None, upper
     return v
 
 
+def _renamed_columns(df: pd.DataFrame | None, names: list[str], old_new: dict[str, str]) -> pd.DataFrame | None:
+    """``df`` with columns ``f"{name}_{suffix}"`` renamed after ``old_new`` (longest matching name wins)."""
+    if df is None:
+        return None
+    by_length = sorted(names, key=len, reverse=True)
+
+    def rename(col: Any) -> Any:
+        for nm in by_length:
+            if isinstance(col, str) and col.startswith(f"{nm}_"):
+                return f"{old_new.get(nm, nm)}{col[len(nm) :]}"
+        return col
+
+    return df.rename(columns=rename)
+
+
+def _kernel_nodes(kernel: Kernel) -> Iterator[Kernel]:
+    """``kernel`` and, for an expression, every node below it."""
+    yield kernel
+    node = kernel.expression
+    if node is not None:
+        for op in node.operands:
+            yield from _kernel_nodes(op)
+
+
+@final
+class _Pickler(pickle.Pickler):
+    """Pickles backends by name: on load they resolve to the registered instance (one per backend)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, Backend):
+            return get_backend, (obj.name,)
+        return NotImplemented
+
+
 def _check_disjoint(members: dict[str, np.ndarray]) -> None:
     """Refuse states that share cells (a cell can be in one state only), naming the pairs and counts."""
     names = list(members)
@@ -121,12 +168,16 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         self._kernel = _as_kernel(object, backward, obsp_key)
         self._T = self._kernel.native_transition_matrix
         self._backend = self._kernel.backend
+        self._n_obs = int(self._kernel.adata.n_obs)  # kept when the AnnData is dropped (write_adata=False)
         self._terminal_states: pd.Series | None = None
         self._terminal_probs: pd.Series | None = None
         self._term_colors: list[str] | None = None
         self._initial_states: pd.Series | None = None
         self._initial_probs: pd.Series | None = None
         self._init_colors: list[str] | None = None
+        # Soft assignment of cells to the terminal/initial states (GPCCA, states named by macrostate)
+        self._term_memberships: Lineage | None = None
+        self._init_memberships: Lineage | None = None
         self._fate_probabilities: Lineage | None = None
         self._absorption_times: pd.DataFrame | None = None
         self._priming_degree: np.ndarray | None = None
@@ -172,6 +223,11 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
     def initial_states(self) -> pd.Series | None:
         """Categorical initial-state assignment (NaN for other cells)."""
         return self._initial_states
+
+    @property
+    def initial_states_probabilities(self) -> pd.Series | None:
+        """Per-cell initial-state probabilities (memberships scaled to max 1 per state)."""
+        return self._initial_probs
 
     @property
     def fate_probabilities(self) -> Lineage | None:
@@ -249,8 +305,11 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         return assignment, probs, colors
 
     def _cells_of(self, name: str, cells: Any) -> np.ndarray:
-        """Integer indices of the cells of state ``name`` (obs names, integer indices or a boolean mask)."""
-        n = self.adata.n_obs
+        """Integer indices of the cells of state ``name`` (obs names, integer indices or a boolean mask).
+
+        One 1-D selector of :func:`~cellfate_gpu.kernels._random_walk.resolve_cells` (no dict: the
+        dict of states is the outer level); unknown names raise a :class:`KeyError`.
+        """
         arr = np.asarray(cells)
         if arr.ndim == 0:
             arr = arr[None]
@@ -258,31 +317,7 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
             raise ValueError(f"State(s) [{name!r}] contain no cells.")
         if arr.ndim != 1:
             raise ValueError(f"State {name!r}: cells must be 1-D (names, indices or a mask), got shape {arr.shape}.")
-        if arr.dtype == bool:
-            if arr.shape != (n,):
-                raise ValueError(f"State {name!r}: boolean mask has shape {arr.shape}, expected ({n},).")
-            idx = np.flatnonzero(arr)
-        elif arr.dtype.kind in "iu":
-            if arr.size and (arr.min() < -n or arr.max() >= n):
-                raise IndexError(
-                    f"State {name!r}: cell indices must be in [-{n}, {n}), got range [{arr.min()}, {arr.max()}]."
-                )
-            idx = np.where(arr < 0, arr + n, arr).astype(np.int64)
-        elif arr.dtype.kind in "OUS":
-            idx = self.adata.obs_names.get_indexer(arr.astype(str))
-            if np.any(idx < 0):
-                missing = list(arr.astype(str)[idx < 0][:5])
-                raise KeyError(
-                    f"State {name!r}: {int(np.sum(idx < 0))} cell names not found in adata.obs_names, e.g. {missing}."
-                )
-        else:
-            raise TypeError(
-                f"State {name!r}: cells must be obs names, integer indices or a boolean mask, got dtype {arr.dtype}."
-            )
-        idx = np.unique(idx)
-        if idx.size == 0:
-            raise ValueError(f"State(s) [{name!r}] contain no cells.")
-        return idx
+        return resolve_cells(self.adata, arr, what=f"State {name!r}")
 
     def _states_from_names(self, names: list[str], cluster_key: str | None, n_cells: int | None):
         """States named by clusters of ``adata.obs[cluster_key]`` (estimators with macrostates override)."""
@@ -314,21 +349,44 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
                     colors[i] = str(palette[cats.index(base)])
         return colors
 
-    def _write_states(self, key: str, assignment: pd.Series, probs: pd.Series, colors: list[str]) -> None:
+    def _write_states(
+        self, key: str, assignment: pd.Series, probs: pd.Series | None, colors: list[str] | None, *, adata=None
+    ) -> None:
         """Write a state assignment under ``obs[key]``, ``obs[f"{key}_probs"]``, ``uns[f"{key}_colors"]``.
 
         Every value is built first, then assigned, so a conversion error cannot leave a partial write.
         A state without cells is refused here too (a last line of defence for every caller).
+        ``adata`` is the target (default :attr:`adata`; :meth:`to_adata` writes into a new object);
+        ``probs`` or ``colors`` of ``None`` (states read from an AnnData without them) are not written.
         """
+        adata = self.adata if adata is None else adata
         counts = assignment.value_counts()
         empty = [str(c) for c in assignment.cat.categories if counts.get(c, 0) == 0]
         if empty:
             raise ValueError(f"State(s) {empty} contain no cells; nothing was written to adata.obs[{key!r}].")
-        values, pvalues = assignment.values, np.asarray(probs.values, dtype=np.float64)
-        cols = np.array(colors, dtype=object)
-        self.adata.obs[key] = values
-        self.adata.obs[_keys.probs(key)] = pvalues
-        self.adata.uns[_keys.colors(key)] = cols
+        values = assignment.values
+        pvalues = None if probs is None else np.asarray(probs.values, dtype=np.float64)
+        cols = None if colors is None else np.array(colors, dtype=object)
+        adata.obs[key] = values
+        if pvalues is not None:
+            adata.obs[_keys.probs(key)] = pvalues
+        if cols is not None:
+            adata.uns[_keys.colors(key)] = cols
+
+    def _write_state_memberships(self, key: str, memberships: Lineage | None, *, adata=None) -> None:
+        """Write (or, for ``None``, remove) ``obsm[f"{key}_memberships"]`` with its names and colours."""
+        adata = self.adata if adata is None else adata
+        mkey = _keys.states_memberships(key)
+        if memberships is None:
+            adata.obsm.pop(mkey, None)
+            adata.uns.pop(_keys.names(mkey), None)
+            adata.uns.pop(_keys.colors(mkey), None)
+        else:
+            memberships.to_adata(adata, mkey)
+
+    def _states_memberships(self, states: Any, cluster_key: str | None) -> Lineage | None:
+        """Memberships of states given to a setter; ``None`` here (GPCCA: states named by macrostate)."""
+        return None
 
     def _checked_states(self, where: str, states: Any, cluster_key: str | None, n_cells: Any, options: dict):
         """Check a setter's arguments and build (assignment, probabilities, colours); nothing is written."""
@@ -372,8 +430,12 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         """
         assignment, probs, colors = self._checked_states("set_terminal_states", states, cluster_key, n_cells, kwargs)
         self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
-        self._write_states(_keys.terminal_states(self.backward), assignment, probs, colors)
+        memberships = self._states_memberships(states, cluster_key)
+        key = _keys.terminal_states(self.backward)
+        self._write_states(key, assignment, probs, colors)
+        self._write_state_memberships(key, memberships)
         self._terminal_states, self._terminal_probs, self._term_colors = assignment, probs, colors
+        self._term_memberships = memberships
         self._fate_probabilities = self._absorption_times = None
         info("Setting terminal states %s", list(assignment.cat.categories))
         return self
@@ -389,8 +451,12 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         """Set initial states (same input forms and checks as :meth:`set_terminal_states`)."""
         assignment, probs, colors = self._checked_states("set_initial_states", states, cluster_key, n_cells, kwargs)
         self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
-        self._write_states(_keys.initial_states(self.backward), assignment, probs, colors)
+        memberships = self._states_memberships(states, cluster_key)
+        key = _keys.initial_states(self.backward)
+        self._write_states(key, assignment, probs, colors)
+        self._write_state_memberships(key, memberships)
         self._initial_states, self._initial_probs, self._init_colors = assignment, probs, colors
+        self._init_memberships = memberships
         info("Setting initial states %s", list(assignment.cat.categories))
         return self
 
@@ -402,28 +468,103 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         if both:
             raise ValueError(f"{both} cells would be both {what} and the new states; pass allow_overlap=True.")
 
-    def rename_terminal_states(self, new_names: dict[str, str]) -> BaseEstimator:
-        """Rename terminal states (``{old: new}``); fate probabilities follow."""
-        if self._terminal_states is None:
-            raise RuntimeError("No terminal states to rename; call predict_terminal_states or set_terminal_states.")
-        cats = [str(c) for c in self._terminal_states.cat.categories]
-        unknown = [k for k in new_names if k not in cats]
+    def rename_terminal_states(self, old_new: Mapping[str, str] | None = None, **kwargs: Any) -> BaseEstimator:
+        """Rename the terminal states, ``{old: new}`` (CellRank's ``rename_terminal_states``).
+
+        ``obs['term_states_fwd']`` and its colours, :attr:`terminal_states_memberships` (GPCCA) and
+        the results computed for these states follow: fate probabilities (``obsm['lineages_fwd']``
+        and its names), absorption times and lineage drivers (their ``{state}_...`` columns). CellRank
+        drops the fate probabilities and absorption times on a rename instead; here they are kept,
+        renamed. ``new_names=`` is accepted as an alias of ``old_new``.
+
+        Raises
+        ------
+        RuntimeError
+            No terminal states.
+        TypeError
+            ``old_new`` is not a dict.
+        UnknownStateError
+            A key is not a terminal state (a ``KeyError`` and a ``ValueError``).
+        ValueError
+            The new names are not unique.
+        """
+        return self._rename_states("terminal", self._rename_mapping("rename_terminal_states", old_new, kwargs))
+
+    def rename_initial_states(self, old_new: Mapping[str, str] | None = None, **kwargs: Any) -> BaseEstimator:
+        """Rename the initial states, ``{old: new}`` (CellRank's ``rename_initial_states``).
+
+        ``obs['init_states_fwd']`` (its probabilities and colours stay) and
+        :attr:`initial_states_memberships` (GPCCA) follow; errors as in :meth:`rename_terminal_states`.
+        """
+        return self._rename_states("initial", self._rename_mapping("rename_initial_states", old_new, kwargs))
+
+    @staticmethod
+    def _rename_mapping(where: str, old_new: Any, kwargs: dict[str, Any]) -> dict[str, str]:
+        if "new_names" in kwargs:
+            if old_new is not None:
+                raise TypeError("Give the renaming once: old_new or new_names, not both.")
+            old_new = kwargs.pop("new_names")
+        check_no_options(where, kwargs)
+        if not isinstance(old_new, Mapping):
+            raise TypeError(f"Expected the new names as a dict {{old: new}}, got {type(old_new).__name__}.")
+        return {str(k): str(v) for k, v in old_new.items()}
+
+    def _rename_states(self, which: str, old_new: dict[str, str]) -> BaseEstimator:
+        terminal = which == "terminal"
+        states = self._terminal_states if terminal else self._initial_states
+        if states is None:
+            how = (
+                "predict_terminal_states or set_terminal_states"
+                if terminal
+                else "predict_initial_states or set_initial_states"
+            )
+            raise RuntimeError(f"No {which} states to rename; call {how} first.")
+        if not old_new:
+            return self
+        cats = [str(c) for c in states.cat.categories]
+        unknown = [k for k in old_new if k not in cats]
         if unknown:
-            raise KeyError(f"Unknown terminal state(s) {unknown}; available: {cats}.")
-        renamed = [new_names.get(c, c) for c in cats]
+            raise UnknownStateError(f"Unknown {which} state(s) {unknown}; available: {cats}.")
+        renamed = [old_new.get(c, c) for c in cats]
         if len(set(renamed)) != len(renamed):
             raise ValueError(f"Renaming would create duplicate names: {renamed}.")
-        self._terminal_states = self._terminal_states.cat.rename_categories(renamed)
-        self._write_states(
-            _keys.terminal_states(self.backward), self._terminal_states, self._terminal_probs, self._term_colors
-        )
-        if self._fate_probabilities is not None:
-            self._fate_probabilities = Lineage(
+        # ---- build everything, then write
+        assignment = states.cat.rename_categories(renamed)
+        mem = self._term_memberships if terminal else self._init_memberships
+        if mem is not None:
+            mem = Lineage(mem.X, names=[old_new.get(n, n) for n in mem.names], colors=mem.colors)
+        key = _keys.terminal_states(self.backward) if terminal else _keys.initial_states(self.backward)
+        probs = self._terminal_probs if terminal else self._initial_probs
+        colors = self._term_colors if terminal else self._init_colors
+        fates = times = drivers = None
+        if terminal and self._fate_probabilities is not None:
+            old_names = list(self._fate_probabilities.names)
+            fates = Lineage(
                 self._fate_probabilities.X,
-                names=[new_names.get(n, n) for n in self._fate_probabilities.names],
+                names=[old_new.get(n, n) for n in old_names],
                 colors=self._fate_probabilities.colors,
             )
-            self._fate_probabilities.to_adata(self.adata, _keys.fate_probabilities(self.backward))
+            times = _renamed_columns(self._absorption_times, old_names, old_new)
+            drivers = _renamed_columns(self._lineage_drivers, old_names, old_new)
+        self._write_states(key, assignment, probs, colors)
+        if mem is not None:
+            self._write_state_memberships(key, mem)
+        if terminal:
+            self._terminal_states, self._term_memberships = assignment, mem
+            if fates is not None:
+                self._fate_probabilities = fates
+                fates.to_adata(self.adata, _keys.fate_probabilities(self.backward))
+                if times is not None:
+                    self._absorption_times = times
+                    self.adata.obsm[_keys.absorption_times(self.backward)] = times
+                if drivers is not None:
+                    self._lineage_drivers = drivers
+                    dkey = _keys.lineage_drivers(self.backward)
+                    if dkey in self.adata.varm:
+                        self.adata.varm[dkey] = drivers.reindex(self.adata.var_names)
+        else:
+            self._initial_states, self._init_memberships = assignment, mem
+        info("Renamed %s states: %s", which, old_new)
         return self
 
     # ---------------------------------------------------------------- downstream
@@ -434,11 +575,8 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
             )
         return self._terminal_states
 
-    #: CellRank's joblib backends, accepted as ``backend=`` by the absorption methods and ignored here.
-    _JOBLIB_BACKENDS = ("loky", "multiprocessing", "threading")
-
     def _solve_backend_and_T(self, backend: Any, use_petsc: bool | None = None):
-        if isinstance(backend, str) and backend.lower() in self._JOBLIB_BACKENDS:
+        if isinstance(backend, str) and backend.lower() in JOBLIB_BACKENDS:  # accepted, ignored
             info("    backend=%r is CellRank's joblib backend; no worker processes are used here (ignored)", backend)
             backend = None
         if use_petsc:
@@ -576,8 +714,6 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
                 "compute_lineage_priming needs fate probabilities; call compute_fate_probabilities first."
             )
         if isinstance(early_cells, dict):
-            from cellfate_gpu.kernels._random_walk import resolve_cells
-
             early_cells = resolve_cells(self.adata, early_cells, what="early_cells")
         values = self._fate_probabilities.priming_degree(method=method, early_cells=early_cells)
         self._priming_degree = values
@@ -664,6 +800,269 @@ class BaseEstimator(abc.ABC):  # noqa: B024 - abstract by intent: only GPCCA and
         from cellfate_gpu.pl import lineage_drivers as plot
 
         return plot(self, lineage, n_genes=n_genes, **kwargs)
+
+    def plot_lineage_drivers_correlation(self, lineage_x: str, lineage_y: str, *args: Any, **kwargs: Any):
+        """Genes' correlations with two lineages.
+
+        The other arguments (``color``, ``gene_sym``, ``gene_sets``, ``gene_sets_colors``, ``use_raw``,
+        ``cmap``, ``fontsize``, ``adjust_text``, ``legend_loc``, ``figsize``, ``dpi``, ``save``,
+        ``show``, in CellRank's order, and scatter keywords) are
+        :func:`cellfate_gpu.pl.lineage_drivers_correlation`'s.
+        """
+        from cellfate_gpu.pl import lineage_drivers_correlation as plot
+
+        return plot(self, lineage_x, lineage_y, *args, **kwargs)
+
+    # ---------------------------------------------------------------- copies and I/O
+    def copy(self, *, deep: bool = False) -> BaseEstimator:
+        """A copy of the estimator (CellRank's ``copy``).
+
+        The results (states, memberships, fate probabilities, ...) are copied, so changing the copy's
+        results leaves this estimator's alone. ``deep=False`` shares the AnnData and the transition
+        matrix with this estimator (what the copy writes lands in the same AnnData, as in CellRank);
+        ``deep=True`` also copies the kernel, its AnnData and its matrix. The backend is shared (one
+        instance per backend), and so is a prepared solver, which only reads the matrix.
+        """
+        kernel = self._kernel.copy(deep=True) if deep else _copy.copy(self._kernel)
+        out = object.__new__(type(self))
+        for name, value in self.__dict__.items():
+            if name in ("_kernel", "_T", "_backend", "_absorption_prepared"):
+                continue
+            if isinstance(value, Mapping):
+                out.__dict__[name] = _copy.deepcopy(value)
+            else:
+                out.__dict__[name] = _copy.deepcopy(value) if deep else _copy.copy(value)
+        out._kernel = kernel
+        out._backend = self._backend
+        out._T = kernel.native_transition_matrix if deep else self._T
+        out._absorption_prepared = getattr(self, "_absorption_prepared", None)
+        return out
+
+    def __copy__(self) -> BaseEstimator:
+        return self.copy(deep=False)
+
+    def __deepcopy__(self, memo: dict) -> BaseEstimator:
+        return self.copy(deep=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A prepared solver (a factorisation, an AMG hierarchy) is a cache and may hold closures.
+        state = dict(self.__dict__)
+        state.pop("_absorption_prepared", None)
+        return state
+
+    def _write_results(self, adata) -> None:
+        """Write every result this estimator holds into ``adata`` under CellRank's keys."""
+        bwd = self.backward
+        for key, states, probs, colors, mem in (
+            (
+                _keys.terminal_states(bwd),
+                self._terminal_states,
+                self._terminal_probs,
+                self._term_colors,
+                self._term_memberships,
+            ),
+            (
+                _keys.initial_states(bwd),
+                self._initial_states,
+                self._initial_probs,
+                self._init_colors,
+                self._init_memberships,
+            ),
+        ):
+            if states is not None:
+                self._write_states(key, states, probs, colors, adata=adata)
+                if mem is not None:
+                    self._write_state_memberships(key, mem, adata=adata)
+        if self._fate_probabilities is not None:
+            self._fate_probabilities.to_adata(adata, _keys.fate_probabilities(bwd))
+        if self._absorption_times is not None:
+            adata.obsm[_keys.absorption_times(bwd)] = self._absorption_times
+        if self._priming_degree is not None:
+            adata.obs[_keys.priming_degree(bwd)] = np.asarray(self._priming_degree)
+        drivers = self._lineage_drivers
+        if drivers is not None and drivers.index.isin(adata.var_names).all():
+            adata.varm[_keys.lineage_drivers(bwd)] = drivers.reindex(adata.var_names)
+
+    def to_adata(
+        self,
+        keep: str | Sequence[str] | Mapping[str, Any] = ("X", "raw"),
+        *,
+        copy: bool | str | Sequence[str] | Mapping[str, bool] = True,
+    ):
+        """A new AnnData with this estimator's results, its kernel's T and the kept parts of :attr:`adata`.
+
+        As CellRank's ``to_adata``: the new object has the cells and genes of :attr:`adata`, every
+        result under CellRank's keys (written from the estimator, not read back from
+        :attr:`adata`), the transition matrix under ``obsp['T_fwd']`` (``T_bwd``) with its
+        parameters, and from :attr:`adata` what ``keep`` names.
+
+        Parameters
+        ----------
+        keep
+            ``"all"`` (every attribute below), one or several of ``"X"``, ``"raw"``, ``"layers"``,
+            ``"obs"``, ``"var"``, ``"obsm"``, ``"varm"``, ``"obsp"``, ``"varp"``, ``"uns"``, or a dict
+            ``{attribute: keys}`` (``True``/``"all"``: every key of it). Columns of ``obs``/``var``
+            the estimator wrote keep the estimator's values; for the mappings (``obsm``, ``uns``,
+            ...) the kept entries of :attr:`adata` win, as in CellRank.
+        copy
+            Copy the kept data (``True``/``False``, or per attribute: names or ``{attribute: bool}``).
+
+        Returns
+        -------
+        anndata.AnnData
+
+        Raises
+        ------
+        ValueError
+            An unknown attribute name.
+        KeyError
+            A key to keep that :attr:`adata` does not have (the message names them).
+        """
+        import anndata as ad
+
+        from cellfate_gpu.kernels import _io
+
+        src = self.adata
+        if isinstance(keep, str):
+            keep = list(_ADATA_ATTRS) if keep == "all" else [keep]
+        keep = dict(keep) if isinstance(keep, Mapping) else dict.fromkeys(keep, True)
+        if isinstance(copy, bool):
+            copy = dict.fromkeys(keep, copy)
+        elif isinstance(copy, str):
+            copy = {copy: True}
+        elif not isinstance(copy, Mapping):
+            copy = dict.fromkeys(copy, True)
+        bad = sorted(set(keep) - set(_ADATA_ATTRS)) + sorted(set(copy) - set(_ADATA_ATTRS))
+        if bad:
+            raise ValueError(f"Unknown AnnData attribute(s) {bad}; valid: {list(_ADATA_ATTRS)} or 'all'.")
+
+        out = ad.AnnData(
+            obs=pd.DataFrame(index=src.obs_names.copy()),
+            var=pd.DataFrame(index=src.var_names.copy()),
+        )
+        self._write_results(out)
+        kernel = self._kernel
+        _io.write_kernel(
+            out,
+            _keys.transition_matrix(self.backward),
+            self.transition_matrix,
+            kernel.params,
+            kernel._init_kwargs(),
+            repr(kernel),
+            copy=True,
+        )
+        for attr, keys in keep.items():
+            if keys is False or keys is None:
+                continue
+            deep = bool(copy.get(attr, False))
+            if attr == "X":
+                out.X = _copy.deepcopy(src.X) if deep else src.X
+                continue
+            if attr == "raw":
+                out.raw = src.raw.to_adata() if src.raw is not None else None
+                continue
+            old = getattr(src, attr)
+            names = (
+                list(old.keys())
+                if keys is True or keys == "all" or keys == ["all"]
+                else ([keys] if isinstance(keys, str) else list(keys))
+            )
+            missing = [k for k in names if k not in old]
+            if missing:
+                raise KeyError(f"Unable to find key(s) {missing} in adata.{attr}.")
+            if attr in ("obs", "var"):
+                mine = getattr(out, attr)
+                extra = [k for k in names if k not in mine.columns]
+                for k in extra:
+                    mine[k] = old[k].copy() if deep else old[k]
+            else:
+                target = getattr(out, attr)
+                for k in names:
+                    target[k] = _copy.deepcopy(old[k]) if deep else old[k]
+        return out
+
+    def write(self, fname: str | Path, write_adata: bool = True, ext: str | None = "pickle") -> None:
+        """Serialise the estimator with :mod:`pickle` (CellRank's ``write``).
+
+        Parameters
+        ----------
+        fname
+            Path; ``.{ext}`` is appended unless it already ends so (``ext=None``: as given).
+        write_adata
+            Include the AnnData. ``False`` drops it (every kernel of the expression loses it); give
+            it back with :meth:`read` ``(fname, adata=...)``.
+        ext
+            File extension.
+
+        Backends are stored by name and resolve to this process's instance on :meth:`read`; a
+        prepared solver is not stored (it is rebuilt on the next solve).
+        """
+        path = Path(fname)
+        if ext:
+            suffix = ext if ext.startswith(".") else f".{ext}"
+            if not path.name.endswith(suffix):
+                path = path.with_name(path.name + suffix)
+        info("Writing %r to %s", self, path)
+        with path.open("wb") as fh, nullcontext() if write_adata else self._without_adata():
+            _Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(self)
+
+    @classmethod
+    def read(cls, fname: str | Path, adata=None, copy: bool = False) -> BaseEstimator:
+        """Read an estimator written by :meth:`write` (CellRank's ``read``).
+
+        Parameters
+        ----------
+        fname
+            Path of the file.
+        adata
+            AnnData for an estimator written with ``write_adata=False`` (ignored, with a warning,
+            when the file has its own).
+        copy
+            Copy ``adata`` before attaching it (a view is always copied).
+
+        Raises
+        ------
+        TypeError
+            The file holds no estimator of this class, or it was written without its AnnData and
+            ``adata`` is not an AnnData.
+        ValueError
+            ``adata`` has another number of cells than the estimator.
+        """
+        import anndata as ad
+
+        with Path(fname).open("rb") as fh:
+            obj = pickle.load(fh)  # the user's own file, as CellRank reads it
+        if not isinstance(obj, cls):
+            raise TypeError(f"{fname} holds a {type(obj).__name__}, not a {cls.__name__}.")
+        nodes = list(_kernel_nodes(obj._kernel))
+        if all(getattr(node, "_adata", None) is not None for node in nodes):
+            if adata is not None:
+                warning("Ignoring the supplied adata: %s was written with its own", fname)
+            return obj
+        if not isinstance(adata, ad.AnnData):
+            raise TypeError(f"{fname} was written without its AnnData; supply one as read(fname, adata=...).")
+        n = obj._n_obs
+        if adata.n_obs != n:
+            raise ValueError(f"adata has {adata.n_obs} cells, the estimator {n}.")
+        if copy or adata.is_view:
+            adata = adata.copy()
+        for node in nodes:
+            if getattr(node, "_adata", None) is None:
+                node._adata = adata
+        return obj
+
+    @contextmanager
+    def _without_adata(self) -> Iterator[None]:
+        """Every kernel of the expression without its AnnData, for the duration (restored after)."""
+        nodes = list(_kernel_nodes(self._kernel))
+        saved = [node._adata for node in nodes]
+        try:
+            for node in nodes:
+                node._adata = None
+            yield
+        finally:
+            for node, a in zip(nodes, saved, strict=True):
+                node._adata = a
 
     def _states_repr(self, s: pd.Series | None) -> str:
         return "None" if s is None else repr([str(c) for c in s.cat.categories])

@@ -42,6 +42,12 @@ class CFLARE(BaseEstimator):
         self.adata.uns[_keys.eigendecomposition(self.backward)] = eig
         return self
 
+    def _write_results(self, adata) -> None:
+        """The eigendecomposition, then the shared results (states, fate probabilities, ...)."""
+        if self._eigendecomposition is not None:
+            adata.uns[_keys.eigendecomposition(self.backward)] = self._eigendecomposition
+        super()._write_results(adata)
+
     def predict(
         self,
         use: int | list[int] | None = None,

@@ -9,9 +9,11 @@ import pandas as pd
 
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed, warning
+from cellfate_gpu._settings import settings
 from cellfate_gpu.estimators import _gpcca_core as core
 from cellfate_gpu.estimators._base import BaseEstimator, check_positive_int
 from cellfate_gpu.estimators._state_cells import cover_nearly_closed, top_cells
+from cellfate_gpu.kernels._validation import check_no_options
 from cellfate_gpu.linalg import partial_schur
 from cellfate_gpu.linalg._classes import ReducibleChainError
 from cellfate_gpu.lineage import Lineage, default_colors
@@ -44,6 +46,7 @@ class GPCCA(BaseEstimator):
         self._coarse_stationary: np.ndarray | None = None
         self._coarse_initial: np.ndarray | None = None
         self._crispness: float | None = None
+        self._tsi: pd.DataFrame | None = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -75,6 +78,30 @@ class GPCCA(BaseEstimator):
     def coarse_T(self) -> pd.DataFrame | None:
         """Coarse-grained transition matrix between macrostates."""
         return self._coarse_T
+
+    @property
+    def terminal_states_memberships(self) -> Lineage | None:
+        r"""Soft assignment of cells to the terminal states: the columns of :math:`\chi` of the chosen macrostates.
+
+        ``None`` when the terminal states were not chosen among the macrostates (a dict or a Series
+        of cells, or clusters of ``cluster_key``), as in CellRank.
+        """
+        return self._term_memberships
+
+    @property
+    def initial_states_memberships(self) -> Lineage | None:
+        r"""Soft assignment of cells to the initial states: the columns of :math:`\chi` of the chosen macrostates."""
+        return self._init_memberships
+
+    @property
+    def coarse_initial_distribution(self) -> pd.Series | None:
+        r"""Coarse-grained initial distribution :math:`\chi^\top \eta` over the macrostates.
+
+        :math:`\eta = \mathbf 1 / n` (uniform over the cells), as pyGPCCA's default input distribution.
+        """
+        if self._coarse_initial is None or self._coarse_T is None:
+            return None
+        return pd.Series(np.asarray(self._coarse_initial, dtype=np.float64), index=self._coarse_T.index)
 
     @property
     def coarse_stationary_distribution(self) -> pd.Series | None:
@@ -239,6 +266,11 @@ class GPCCA(BaseEstimator):
         return self._macrostates_from(n_states, n_cells, cluster_key, optimizer, self._current_schur())
 
     def _macrostates_from(self, n_states, n_cells, cluster_key, optimizer, schur: dict | None) -> GPCCA:
+        self._commit_macrostates(self._macrostate_values(n_states, n_cells, cluster_key, optimizer, schur))
+        return self
+
+    def _macrostate_values(self, n_states, n_cells, cluster_key, optimizer, schur: dict | None) -> dict:
+        """Macrostates as local values (nothing is stored: see :meth:`_commit_macrostates`)."""
         if optimizer not in ("l-bfgs", "nelder-mead"):
             raise ValueError(f"optimizer must be 'l-bfgs' or 'nelder-mead', got {optimizer!r}.")
         if n_states is not None:
@@ -283,28 +315,67 @@ class GPCCA(BaseEstimator):
         memberships = Lineage(chi, names=names, colors=colors)
         stationary = _stationary(coarse)
         probs = _scaled_probs(chi, assignment, names)
-        # ---- everything computed: store (nothing above wrote to self or the AnnData)
+        return {
+            "schur": schur,
+            "memberships": memberships,
+            "assignment": assignment,
+            "crispness": crisp,
+            "coarse": coarse,
+            "names": names,
+            "colors": colors,
+            "stationary": stationary,
+            "initial": chi.T @ eta,
+            "probs": probs,
+        }
+
+    def _commit_macrostates(self, values: dict) -> None:
+        """Store what :meth:`_macrostate_values` computed (on the estimator and in the AnnData)."""
+        schur = values["schur"]
         if schur is not self._current_schur() and schur is not None:
             self._commit_schur(schur)
-        self._memberships = memberships
-        self._macrostates = assignment
-        self._crispness = crisp
-        self._coarse_T = pd.DataFrame(coarse, index=names, columns=names)
-        self._coarse_initial = chi.T @ eta
-        self._coarse_stationary = stationary
-        self._macro_probs = probs
-        key = _keys.macrostates(self.backward)
-        self._write_states(key, assignment, probs, colors)
-        self._memberships.to_adata(self.adata, _keys.macrostates_memberships(self.backward))
-        self.adata.uns[_keys.coarse(self.backward)] = {
-            "T": coarse,
-            "names": np.array(names, dtype=object),
-            "stationary_dist": self._coarse_stationary,
-            "init_dist": self._coarse_initial,
-            "crispness": float(crisp),
-        }
-        info("Macrostates %s (crispness %.3f)", names, crisp)
-        return self
+        names = values["names"]
+        self._memberships = values["memberships"]
+        self._macrostates = values["assignment"]
+        self._crispness = values["crispness"]
+        self._coarse_T = pd.DataFrame(values["coarse"], index=names, columns=names)
+        self._coarse_initial = values["initial"]
+        self._coarse_stationary = values["stationary"]
+        self._macro_probs = values["probs"]
+        self._write_macrostates(self.adata)
+        info("Macrostates %s (crispness %.3f)", names, values["crispness"])
+
+    def _write_macrostates(self, adata) -> None:
+        """Macrostates, their memberships and the coarse chain under CellRank's keys of ``adata``."""
+        names = list(self._memberships.names)
+        probs = getattr(self, "_macro_probs", None)
+        if probs is None:
+            probs = _scaled_probs(self._memberships.X, self._macrostates, names)
+        self._write_states(
+            _keys.macrostates(self.backward), self._macrostates, probs, list(self._memberships.colors), adata=adata
+        )
+        self._memberships.to_adata(adata, _keys.macrostates_memberships(self.backward))
+        if self._coarse_T is not None:
+            adata.uns[_keys.coarse(self.backward)] = _h5ad_safe(
+                {
+                    "T": self._coarse_T.to_numpy(),
+                    "names": np.array(names, dtype=object),
+                    "stationary_dist": self._coarse_stationary,
+                    "init_dist": self._coarse_initial,
+                    "crispness": None if self._crispness is None else float(self._crispness),
+                }
+            )
+
+    def _write_results(self, adata) -> None:
+        """The Schur decomposition, eigendecomposition and macrostates, then the shared results."""
+        bwd = self.backward
+        if self._schur_vectors is not None:
+            adata.obsm[_keys.schur_vectors(bwd)] = self._schur_vectors
+            adata.uns[_keys.schur_matrix(bwd)] = self._schur_matrix
+        if self._eigendecomposition is not None:
+            adata.uns[_keys.eigendecomposition(bwd)] = _h5ad_safe(self._eigendecomposition)
+        if self._macrostates is not None and self._memberships is not None:
+            self._write_macrostates(adata)
+        super()._write_results(adata)
 
     def fit(
         self,
@@ -462,18 +533,34 @@ class GPCCA(BaseEstimator):
         assignment = pd.Series(pd.Categorical(labels, categories=chosen), index=self.adata.obs_names)
         colors = [self._memberships.colors[names.index(nm)] for nm in chosen]
         prob_series = pd.Series(probs, index=self.adata.obs_names)
+        memberships = self._memberships[list(chosen)]
         if terminal:
             self._check_overlap(assignment, self._initial_states, allow_overlap, "initial")
+            key = _keys.terminal_states(self.backward)
+            self._write_states(key, assignment, prob_series, colors)
+            self._write_state_memberships(key, memberships)
             self._terminal_states, self._terminal_probs, self._term_colors = assignment, prob_series, colors
+            self._term_memberships = memberships
             self._fate_probabilities = self._absorption_times = None
-            self._write_states(_keys.terminal_states(self.backward), assignment, prob_series, colors)
             info("Terminal states: %s", chosen)
         else:
             self._check_overlap(assignment, self._terminal_states, allow_overlap, "terminal")
+            key = _keys.initial_states(self.backward)
+            self._write_states(key, assignment, prob_series, colors)
+            self._write_state_memberships(key, memberships)
             self._initial_states, self._initial_probs, self._init_colors = assignment, prob_series, colors
-            self._write_states(_keys.initial_states(self.backward), assignment, prob_series, colors)
+            self._init_memberships = memberships
             info("Initial states: %s", chosen)
         return self
+
+    def _states_memberships(self, states: Any, cluster_key: str | None) -> Lineage | None:
+        """The macrostates' memberships when ``states`` names macrostates (CellRank: else ``None``)."""
+        if cluster_key is not None or self._memberships is None or not isinstance(states, str | list | tuple):
+            return None
+        names = [states] if isinstance(states, str) else [str(s) for s in states]
+        if not names or any(nm not in self._memberships.names for nm in names):
+            return None
+        return self._memberships[names]
 
     def _states_from_names(self, names: list[str], cluster_key: str | None, n_cells: int | None):
         if cluster_key is None and self._memberships is not None:
@@ -494,7 +581,134 @@ class GPCCA(BaseEstimator):
             return assignment, pd.Series(probs, index=self.adata.obs_names), colors
         return super()._states_from_names(names, cluster_key, n_cells)
 
+    # ---------------------------------------------------------------- terminal state identification
+    def tsi(
+        self,
+        n_macrostates: int,
+        terminal_states: list[str] | None = None,
+        cluster_key: str | None = None,
+        **kwargs: Any,
+    ) -> float:
+        r"""Terminal state identification (TSI) score (CellRank's ``GPCCA.tsi``, Weiler et al. 2024).
+
+        For every :math:`n = 1, \dots, N` (``N = n_macrostates``) the macrostates are computed as
+        :meth:`compute_macrostates` ``(n_states=n, cluster_key=cluster_key, **kwargs)`` would, and
+        :math:`I_n` counts the known ``terminal_states`` among the clusters that name them (a
+        macrostate ``Alpha_2`` belongs to cluster ``Alpha``; each cluster counts once). An optimal
+        method finds :math:`O_n = \min(n, K)` of the :math:`K` terminal states. The score is the area
+        under the identification curve relative to the optimal one,
+
+        .. math:: \mathrm{TSI}_N = \sum_{n=1}^{N} I_n \Big/ \sum_{n=1}^{N} O_n \in [0, 1].
+
+        A number of macrostates that cannot be computed (a ``ValueError``, e.g. a state without
+        cells) takes the count of the next smaller one (0 for :math:`n = 1`), as CellRank does.
+        Nothing is written: the estimator's macrostates and the AnnData stay as they were. The
+        table is kept (see :meth:`plot_tsi`) and reused by later calls with
+        ``n_macrostates <= N`` and the same (or omitted) ``terminal_states`` and ``cluster_key``.
+
+        CellRank maps a macrostate to its cluster by cutting the name at the first ``_``, so
+        clusters whose names contain ``_`` (``Lineage_A``) are never counted there; here only the
+        ``_<k>`` suffix added to repeated names is removed.
+
+        Parameters
+        ----------
+        n_macrostates
+            Largest number of macrostates :math:`N` (a positive integer).
+        terminal_states
+            The known terminal states: clusters of ``adata.obs[cluster_key]``.
+        cluster_key
+            Cluster annotation that names the macrostates.
+        kwargs
+            ``n_cells`` and ``optimizer`` of :meth:`compute_macrostates`.
+
+        Returns
+        -------
+        float
+            :math:`\mathrm{TSI}_N`.
+        """
+        n_max = check_positive_int(
+            "n_macrostates", n_macrostates, upper=self.adata.n_obs - 2, upper_what="the number of cells - 2"
+        )
+        cached = self._tsi
+        reuse = cached is not None and int(cached["number_of_macrostates"].max()) >= n_max
+        if reuse and terminal_states is not None:
+            reuse = set(cached.attrs["terminal_states"]) == {str(t) for t in terminal_states}
+        if reuse and cluster_key is not None:
+            reuse = cached.attrs["cluster_key"] == cluster_key
+        if not reuse:
+            if terminal_states is None or cluster_key is None:
+                raise RuntimeError("Give terminal_states and cluster_key to compute the TSI.")
+            self._tsi = self._tsi_table(n_max, terminal_states, cluster_key, kwargs)
+        return _tsi_score(self._tsi, n_max)
+
+    def _tsi_table(self, n_max: int, terminal_states: Any, cluster_key: str, options: dict) -> pd.DataFrame:
+        """Identified and optimal counts for ``n = 1..n_max`` macrostates (computed, never stored)."""
+        if isinstance(terminal_states, str):
+            terminal_states = [terminal_states]
+        terminal = [str(t) for t in terminal_states]
+        if not terminal:
+            raise ValueError("terminal_states is empty; name the known terminal clusters.")
+        if cluster_key not in self.adata.obs:
+            raise KeyError(
+                f"No cluster annotation adata.obs[{cluster_key!r}]; available: {list(self.adata.obs.columns)}."
+            )
+        clusters = [str(c) for c in self.adata.obs[cluster_key].astype("category").cat.categories]
+        unknown = [t for t in terminal if t not in clusters]
+        if unknown:
+            raise ValueError(f"Terminal state(s) {unknown} are not clusters of adata.obs[{cluster_key!r}].")
+        options = dict(options)
+        n_cells = options.pop("n_cells", 30)
+        optimizer = options.pop("optimizer", "l-bfgs")
+        check_no_options("tsi", options)
+        self._check_n_cells(n_cells)
+        schur = self._schur_with(n_max + 2, self._current_schur())
+        names_by_n: dict[int, list[str] | None] = {}
+        with timed("Computing the TSI for 1..%d macrostates", n_max):
+            for n in range(n_max, 0, -1):
+                try:
+                    with settings.using(verbosity=min(settings.verbosity, 1)):
+                        values = self._macrostate_values(n, n_cells, cluster_key, optimizer, schur)
+                except ValueError as err:
+                    info("    %d macrostates: not computable (%s)", n, err)
+                    names_by_n[n] = None
+                else:
+                    names_by_n[n] = list(values["names"])
+                    schur = values["schur"]
+        return tsi_table(names_by_n, terminal, clusters, cluster_key=cluster_key)
+
+    def plot_tsi(self, *args: Any, **kwargs: Any):
+        """Identified terminal states against the number of macrostates, with the optimal curve.
+
+        Needs :meth:`tsi` first. The arguments (``n_macrostates``, ``x_offset``, ``y_offset``,
+        ``figsize``, ``dpi``, ``save``, and ``palette`` and the other keywords, in CellRank's order) are
+        :func:`cellfate_gpu.pl.tsi`'s. Returns the axes.
+        """
+        from cellfate_gpu.pl import tsi as plot
+
+        return plot(self, *args, **kwargs)
+
     # ---------------------------------------------------------------- plots
+    def plot_macrostate_composition(self, key: str, *args: Any, **kwargs: Any):
+        """Stacked bars: the categories of ``adata.obs[key]`` among each macrostate's cells.
+
+        The other arguments (``macrostate``, ``width``, ``title``, ``labelrot``, ``legend_loc``,
+        ``figsize``, ``dpi``, ``save``, ``show``, in CellRank's order) are
+        :func:`cellfate_gpu.pl.macrostate_composition`'s; with ``show=False`` the axes are returned.
+        """
+        from cellfate_gpu.pl import macrostate_composition as plot
+
+        return plot(self, key, *args, **kwargs)
+
+    def plot_schur_matrix(self, *args: Any, **kwargs: Any):
+        """Heatmap of the Schur matrix :math:`R`.
+
+        The arguments (``title``, ``cmap``, ``figsize``, ``dpi``, ``save``, ``show``, in CellRank's
+        order) are :func:`cellfate_gpu.pl.schur_matrix`'s.
+        """
+        from cellfate_gpu.pl import schur_matrix as plot
+
+        return plot(self, *args, **kwargs)
+
     def plot_spectrum(self, **kwargs: Any):
         """Eigenvalues of the Schur decomposition in the complex plane (or real parts)."""
         from cellfate_gpu.pl import spectrum
@@ -548,12 +762,60 @@ class GPCCA(BaseEstimator):
                     "_term_colors" if attr == "_terminal" else "_init_colors",
                     None if colors is None else list(colors),
                 )
+                mkey = _keys.states_memberships(key)
+                if mkey in adata.obsm:
+                    setattr(
+                        g,
+                        "_term_memberships" if attr == "_terminal" else "_init_memberships",
+                        Lineage.from_adata(adata, mkey),
+                    )
         lkey = _keys.fate_probabilities(bwd)
         if lkey in adata.obsm:
             g._fate_probabilities = Lineage.from_adata(adata, lkey)
         if _keys.absorption_times(bwd) in adata.obsm:
             g._absorption_times = pd.DataFrame(adata.obsm[_keys.absorption_times(bwd)])
         return g
+
+
+def _cluster_of(name: str, clusters: set[str]) -> str:
+    """The cluster a macrostate is named after: ``name``, or ``name`` without its ``_<k>`` repeat suffix."""
+    if name in clusters:
+        return name
+    base, sep, k = name.rpartition("_")
+    return base if sep and k.isdigit() else name
+
+
+def tsi_table(
+    names_by_n: dict[int, list[str] | None],
+    terminal_states: list[str],
+    clusters: list[str],
+    *,
+    cluster_key: str | None = None,
+) -> pd.DataFrame:
+    r"""The TSI table from the macrostate names for each number of macrostates :math:`n`.
+
+    ``names_by_n[n]`` lists the names of the :math:`n` macrostates (``None``: not computable).
+    Columns (CellRank's): ``number_of_macrostates`` :math:`n`, ``identified_terminal_states``
+    :math:`I_n` (distinct clusters among the names that are terminal; a failed :math:`n` takes
+    :math:`I` of the next smaller computable one, 0 below all), ``optimal_identification``
+    :math:`\min(n, K)`. Rows by increasing :math:`n`; ``attrs`` holds ``terminal_states`` and
+    ``cluster_key``.
+    """
+    known, cats = set(terminal_states), set(clusters)
+    rows = []
+    for n in sorted(names_by_n):
+        names = names_by_n[n]
+        found = np.nan if names is None else float(len({_cluster_of(nm, cats) for nm in names} & known))
+        rows.append((n, found, min(n, len(known))))
+    df = pd.DataFrame(rows, columns=["number_of_macrostates", "identified_terminal_states", "optimal_identification"])
+    df["identified_terminal_states"] = df["identified_terminal_states"].ffill().fillna(0.0)
+    df.attrs = {"terminal_states": list(terminal_states), "cluster_key": cluster_key}
+    return df
+
+
+def _tsi_score(table: pd.DataFrame, n_max: int) -> float:
+    rows = table["number_of_macrostates"] <= n_max
+    return float(table.loc[rows, "identified_terminal_states"].sum() / table.loc[rows, "optimal_identification"].sum())
 
 
 def _h5ad_safe(d: dict) -> dict:

@@ -34,6 +34,7 @@ __all__ = [
     "combine",
     "format_expression",
     "format_constant",
+    "is_scalar",
     "make_product",
     "make_scaled",
     "make_sum",
@@ -44,6 +45,11 @@ __all__ = [
 Operation = Literal["scale", "sum", "product"]
 
 
+def is_scalar(x: Any) -> bool:
+    """Whether ``x`` is a real number (Python or NumPy, booleans excluded): ``x * k`` scales a kernel."""
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool | np.bool_)
+
+
 def check_weight(constant: Any) -> float | int:
     """A kernel weight as a Python number; it must be a finite positive real (not a bool).
 
@@ -52,7 +58,7 @@ def check_weight(constant: Any) -> float | int:
     ValueError
         For zero, negative, NaN or infinite weights, and for booleans.
     """
-    if isinstance(constant, bool | np.bool_) or not isinstance(constant, int | float | np.integer | np.floating):
+    if not is_scalar(constant):
         raise ValueError(f"Kernel weights must be finite positive numbers, got {constant!r}.")
     c = constant.item() if isinstance(constant, np.generic) else constant
     if not np.isfinite(c) or c <= 0:

@@ -3,14 +3,23 @@
 A kernel computes a row-stochastic transition matrix ``T`` on a backend and keeps it there;
 :attr:`Kernel.transition_matrix` is the host copy (an explicit, logged transfer) and
 :attr:`Kernel.native_transition_matrix` the backend object that estimators use. Every matrix a
-kernel stores passes :func:`validate_transition_matrix` (square, ``n_cells x n_cells``, finite,
-non-negative, rows summing to one).
+kernel stores passes :func:`~cellfate_gpu.kernels._validation.validate_transition_matrix`
+(square, ``n_cells x n_cells``, finite, non-negative, rows summing to one).
 
-This module holds :class:`Kernel` (abstract), the two direction classes, the
-:class:`KernelExpression` that holds the matrix of ``0.8 * pk + 0.2 * ck`` (the algebra itself
-is :mod:`cellfate_gpu.kernels._algebra`), and :class:`PrecomputedKernel`, the kernel of a given
-matrix, which :meth:`Kernel.from_adata` returns (it lives here so that the root class and the
-kernel it loads need no import cycle). Serialisation is :mod:`cellfate_gpu.kernels._io`.
+This module holds :class:`Kernel` (abstract), the two direction classes, and the two concrete
+kernels that :class:`Kernel`'s own methods return: :class:`KernelExpression`, the kernel of
+``0.8 * pk + 0.2 * ck`` (what ``*`` and ``+`` make), and :class:`PrecomputedKernel`, the kernel
+of a given matrix (what :meth:`Kernel.from_adata` loads). A class and the subclasses its methods
+construct must share a module, or their modules would import each other; everything else lives
+beside it:
+
+* :mod:`~cellfate_gpu.kernels._algebra` — the expression algebra (nodes, weights, combination,
+  repr), which :class:`KernelExpression` composes;
+* :mod:`~cellfate_gpu.kernels._io` — CellRank's AnnData/h5ad layout (write and read);
+* :mod:`~cellfate_gpu.kernels._validation` — the transition-matrix invariants and input checks;
+* :mod:`~cellfate_gpu.kernels._random_walk`, :mod:`~cellfate_gpu.kernels._projection` and
+  :func:`cellfate_gpu.pl.plot_random_walks` — functions of a kernel that :class:`Kernel` binds
+  as methods (one signature, one docstring).
 
 How ``~k`` recomputes: a concrete kernel passes the keyword arguments that reproduce its
 computation to :meth:`Kernel._set_native` (``recompute=``); ``~k`` copies the kernel, flips the
@@ -31,9 +40,15 @@ import scipy.sparse as sp
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends import Backend, get_backend
-from cellfate_gpu.kernels import _algebra, _io
-from cellfate_gpu.kernels._random_walk import simulate_random_walks
+from cellfate_gpu.kernels import _algebra, _io, _projection, _random_walk
 from cellfate_gpu.kernels._rowwise import row_normalize
+from cellfate_gpu.kernels._validation import (
+    JOBLIB_BACKENDS,
+    check_no_options,
+    host_transition_csr,
+    validate_transition_matrix,
+)
+from cellfate_gpu.pl import _random_walks
 
 __all__ = [
     "BidirectionalKernel",
@@ -41,63 +56,7 @@ __all__ = [
     "KernelExpression",
     "PrecomputedKernel",
     "UnidirectionalKernel",
-    "check_no_options",
-    "validate_transition_matrix",
 ]
-
-#: Rows of T must sum to one within this tolerance.
-ROW_SUM_TOL = 1e-6
-
-_JOBLIB_BACKENDS = ("loky", "threading", "multiprocessing")
-
-
-def validate_transition_matrix(backend: Backend, T: Any, n: int | None = None) -> None:
-    """Check that native ``T`` is square, finite, non-negative and row-stochastic (on its backend).
-
-    Raises
-    ------
-    ValueError
-        Naming the problem and how many entries or rows are affected.
-    """
-    shape = tuple(T.shape)
-    if len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"Transition matrix must be square, got shape {shape}.")
-    if n is not None and shape[0] != n:
-        raise ValueError(f"Transition matrix has shape {shape}, expected ({n}, {n}) for {n} cells.")
-    if shape[0] == 0:
-        raise ValueError("Transition matrix has no cells (shape (0, 0)); a Markov chain needs at least one state.")
-    xp = backend.xp
-    data, _, indptr = backend.csr_components(T)
-    row_sums = backend.segment_sum(xp.astype(data, xp.float64), indptr)
-    bad = backend.to_host(
-        xp.stack(
-            [
-                xp.sum(xp.astype(~xp.isfinite(data), xp.int64)),
-                xp.sum(xp.astype(data < 0, xp.int64)),
-                xp.sum(xp.astype(~(xp.abs(row_sums - 1.0) <= ROW_SUM_TOL), xp.int64)),
-            ]
-        )
-    )
-    if bad[0]:
-        raise ValueError(f"Transition matrix has {int(bad[0])} non-finite entries.")
-    if bad[1]:
-        raise ValueError(f"Transition matrix has {int(bad[1])} negative entries.")
-    if bad[2]:
-        raise ValueError(f"{int(bad[2])} row(s) of the transition matrix do not sum to 1 (tolerance {ROW_SUM_TOL:g}).")
-
-
-def check_no_options(where: str, options: Mapping[str, Any], allowed: tuple[str, ...] = ()) -> None:
-    """Refuse keyword options that ``where`` does not know (instead of swallowing them in ``**kwargs``).
-
-    Raises
-    ------
-    TypeError
-        Naming every unknown option (and the accepted ones, if any).
-    """
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        valid = f"; accepted here: {sorted(allowed)}" if allowed else ""
-        raise TypeError(f"{where} got unknown option(s) {unknown}{valid}.")
 
 
 def _format_value(value: Any) -> str:
@@ -109,10 +68,6 @@ def _format_value(value: Any) -> str:
     if isinstance(value, np.integer):
         return repr(int(value))
     return repr(value)
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool | np.bool_)
 
 
 class Kernel(abc.ABC):
@@ -207,14 +162,8 @@ class Kernel(abc.ABC):
     @transition_matrix.setter
     def transition_matrix(self, matrix: Any) -> None:
         backend = self._backend or get_backend(None)
-        if not sp.issparse(matrix) and not backend.is_native(matrix):
-            matrix = np.asarray(matrix, dtype=np.float64)
-            if matrix.ndim != 2:
-                raise ValueError(f"Transition matrix must be 2-D, got shape {matrix.shape}.")
-            matrix = sp.csr_matrix(matrix)
-        if sp.issparse(matrix):
-            matrix = sp.csr_matrix(matrix, dtype=np.float64)
-            matrix.sum_duplicates()
+        if sp.issparse(matrix) or not backend.is_native(matrix):  # SciPy input: float64, duplicates summed
+            matrix = host_transition_csr(matrix)
         self._set_native(backend.ensure_native(matrix), backend, self._params)
 
     def _set_native(
@@ -240,7 +189,7 @@ class Kernel(abc.ABC):
         CellRank's joblib backend names (``"loky"``, ``"threading"``, ``"multiprocessing"``) are
         accepted for compatibility and mean the default backend.
         """
-        if isinstance(backend, str) and backend in _JOBLIB_BACKENDS:
+        if isinstance(backend, str) and backend in JOBLIB_BACKENDS:
             debug("Ignoring the joblib backend %r (CellRank's parallelisation); using settings.backend", backend)
             backend = None
         return get_backend(backend)
@@ -326,88 +275,17 @@ class Kernel(abc.ABC):
             out._T = _copy.deepcopy(self._T) if self._T is not None else None
         return out
 
-    # ---------------------------------------------------------------- random walks
-    def simulate_random_walks(
-        self,
-        n_sims: int = 100,
-        max_iter: int | float = 0.25,
-        seed: int | None = None,
-        successive_hits: int = 0,
-        start_ixs: Any = None,
-        stop_ixs: Any = None,
-    ) -> list[np.ndarray]:
-        """Simulate random walks on T; see :func:`cellfate_gpu.kernels._random_walk.simulate_random_walks`."""
-        return simulate_random_walks(
-            self,
-            n_sims=n_sims,
-            max_iter=max_iter,
-            seed=seed,
-            successive_hits=successive_hits,
-            start_ixs=start_ixs,
-            stop_ixs=stop_ixs,
-        )
-
-    def compute_projection(
-        self, basis: str = "umap", key_added: str | None = None, recompute: bool = False, connectivities: Any = None
-    ):
-        """Project the transition matrix onto an embedding (``obsm["T_fwd_<basis>"]``), as CellRank."""
-        from cellfate_gpu.kernels._projection import compute_projection
-
-        return compute_projection(
-            self, basis=basis, key_added=key_added, recompute=recompute, connectivities=connectivities
-        )
-
-    def plot_projection(self, basis: str = "umap", stream: bool = True, **kwargs: Any):
-        """Streamlines (or grid arrows) of the projected transition matrix, as CellRank."""
-        from cellfate_gpu.kernels._projection import plot_projection
-
-        return plot_projection(self, basis=basis, stream=stream, **kwargs)
-
-    def plot_random_walks(
-        self,
-        n_sims: int = 100,
-        max_iter: int | float = 0.25,
-        seed: int | None = None,
-        successive_hits: int = 0,
-        start_ixs: Any = None,
-        stop_ixs: Any = None,
-        basis: str = "umap",
-        cmap: str = "gnuplot",
-        linewidth: float = 1.0,
-        linealpha: float = 0.3,
-        ixs_legend_loc: str | None = None,
-        figsize: tuple[float, float] | None = None,
-        dpi: int | None = None,
-        save: Any = None,
-        ax: Any = None,
-        **kwargs: Any,
-    ):
-        """Simulate random walks and draw them on an embedding; see :func:`cellfate_gpu.pl.plot_random_walks`."""
-        from cellfate_gpu.pl._random_walks import plot_random_walks
-
-        return plot_random_walks(
-            self,
-            n_sims=n_sims,
-            max_iter=max_iter,
-            seed=seed,
-            successive_hits=successive_hits,
-            start_ixs=start_ixs,
-            stop_ixs=stop_ixs,
-            basis=basis,
-            cmap=cmap,
-            linewidth=linewidth,
-            linealpha=linealpha,
-            ixs_legend_loc=ixs_legend_loc,
-            figsize=figsize,
-            dpi=dpi,
-            save=save,
-            ax=ax,
-            **kwargs,
-        )
+    # ---------------------------------------------------------------- functions of a kernel, as methods
+    # Each is a module-level function whose first parameter is the kernel; bound here, it keeps one
+    # signature and one docstring (CellRank's names and order).
+    simulate_random_walks = _random_walk.simulate_random_walks
+    plot_random_walks = _random_walks.plot_random_walks
+    compute_projection = _projection.compute_projection
+    plot_projection = _projection.plot_projection
 
     # ---------------------------------------------------------------- algebra
     def __mul__(self, other: Any) -> Kernel:
-        if _is_number(other):
+        if _algebra.is_scalar(other):
             return KernelExpression(_algebra.make_scaled(other, self))
         if isinstance(other, Kernel):
             return KernelExpression(_algebra.make_product([self, other]))
@@ -711,32 +589,20 @@ class PrecomputedKernel(UnidirectionalKernel):
         else:
             matrix = object
             params = {"origin": "array"}
-        if not sp.issparse(matrix):
-            try:
-                matrix = np.asarray(matrix, dtype=np.float64)
-            except (TypeError, ValueError) as e:
-                raise TypeError(
-                    f"A transition matrix must be numeric (sparse or dense), got {type(matrix).__name__}: {e}"
-                ) from None
-            if matrix.ndim != 2:
-                raise ValueError(f"Transition matrix must be 2-D, got shape {matrix.shape}.")
-        if matrix.shape[0] != matrix.shape[1]:
-            raise ValueError(f"Transition matrix must be square, got shape {matrix.shape}.")
+        host = host_transition_csr(matrix)
         placeholder = adata is None
         if adata is None:
-            adata = ad.AnnData(shape=(matrix.shape[0], 0))
-        elif adata.n_obs != matrix.shape[0]:
-            raise ValueError(f"Transition matrix has shape {matrix.shape} but adata has {adata.n_obs} cells.")
+            adata = ad.AnnData(shape=(host.shape[0], 0))
+        elif adata.n_obs != host.shape[0]:
+            raise ValueError(f"Transition matrix has shape {host.shape} but adata has {adata.n_obs} cells.")
         super().__init__(adata, backward=None)
         self._placeholder_adata = placeholder
         self._direction = None if backward is None else bool(backward)
         self._obsp_key = obsp_key
         self._stored_repr: str | None = None
         be = get_backend(backend)
-        host = sp.csr_matrix(matrix, dtype=np.float64)
-        host.sum_duplicates()
         self._set_native(be.ensure_native(host), be, params)
-        info("Using a precomputed transition matrix (%d cells) on backend %r", matrix.shape[0], be.name)
+        info("Using a precomputed transition matrix (%d cells) on backend %r", host.shape[0], be.name)
 
     @property
     def backward(self) -> bool | None:

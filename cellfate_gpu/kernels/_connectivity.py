@@ -6,7 +6,7 @@ from typing import Any, final
 
 from cellfate_gpu._logging import timed, warning
 from cellfate_gpu.kernels._base import UnidirectionalKernel
-from cellfate_gpu.kernels._graph import read_connectivities
+from cellfate_gpu.kernels._graph import host_data, read_connectivities
 from cellfate_gpu.kernels._rowwise import edge_rows, row_normalize
 
 __all__ = ["ConnectivityKernel", "check_graph"]
@@ -17,7 +17,7 @@ def check_graph(conn, key: str, *, connectivity: bool, symmetric: bool) -> None:
     if connectivity:
         from scipy.sparse.csgraph import connected_components
 
-        n_comp, _ = connected_components(conn, directed=False)
+        n_comp, _ = connected_components(host_data(conn, f"adata.obsp[{key!r}]"), directed=False)
         if n_comp > 1:
             warning("kNN graph adata.obsp[%r] is not connected: %d connected components.", key, n_comp)
     if symmetric:

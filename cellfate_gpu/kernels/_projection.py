@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from cellfate_gpu import _keys
 from cellfate_gpu._logging import info, timed
+from cellfate_gpu.backends._base import host_csr
 
 __all__ = ["compute_projection", "plot_projection", "quiver_autoscale"]
 
@@ -39,17 +40,6 @@ def quiver_autoscale(X: np.ndarray, V: np.ndarray) -> float:
         return float(q.scale) / scale
     finally:
         plt.close(fig)
-
-
-def _host_csr(T: Any) -> sp.csr_matrix:
-    if sp.issparse(T):
-        return sp.csr_matrix(T)
-    from cellfate_gpu.backends import backend_of
-
-    be = backend_of(T)
-    if be is None:
-        raise TypeError(f"Cannot read a transition matrix of type {type(T).__name__}.")
-    return sp.csr_matrix(be.to_scipy_csr(T))
 
 
 def compute_projection(
@@ -80,7 +70,7 @@ def compute_projection(
                 raise RuntimeError("No connectivities: pass connectivities=... or compute neighbours first.")
             connectivities = adata.obsp["connectivities"]
     C = sp.csr_matrix(connectivities)
-    T = _host_csr(kernel.transition_matrix)
+    T = sp.csr_matrix(host_csr(kernel.transition_matrix))
     if C.shape != T.shape:
         raise ValueError(f"connectivities have shape {C.shape}, the transition matrix {T.shape}.")
     X = np.asarray(adata.obsm[emb_key], dtype=np.float64)[:, :2]

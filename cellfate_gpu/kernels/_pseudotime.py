@@ -9,10 +9,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import progress, timed, warning
-from cellfate_gpu.kernels._base import BidirectionalKernel, check_no_options
+from cellfate_gpu.kernels._base import BidirectionalKernel
 from cellfate_gpu.kernels._connectivity import check_graph
-from cellfate_gpu.kernels._graph import read_connectivities, read_obs_vector
+from cellfate_gpu.kernels._graph import host_data, read_connectivities, read_obs_vector
 from cellfate_gpu.kernels._rowwise import edge_rows, rank_within_rows, row_normalize
+from cellfate_gpu.kernels._validation import check_no_options
 
 __all__ = ["PseudotimeKernel", "hard_threshold_weights", "soft_threshold_weights"]
 
@@ -218,7 +219,8 @@ class PseudotimeKernel(BidirectionalKernel):
             C = be.from_scipy_csr(self._conn)
             data, indices, indptr = be.csr_components(C)
             if callable(threshold_scheme):
-                weights = be.asarray(_custom_scheme_host(threshold_scheme, self._conn, self._pseudotime, **kwargs))
+                graph = host_data(self._conn, "the kNN graph")  # a custom scheme runs on the host
+                weights = be.asarray(_custom_scheme_host(threshold_scheme, graph, self._pseudotime, **kwargs))
                 params = {
                     "dnorm": False,
                     "scheme": getattr(threshold_scheme, "__name__", type(threshold_scheme).__name__),

@@ -18,7 +18,18 @@ import pandas as pd
 
 from cellfate_gpu._logging import progress, timed
 
-__all__ = ["resolve_cells", "simulate_random_walks"]
+__all__ = ["UnknownCellsError", "resolve_cells", "simulate_random_walks"]
+
+
+class UnknownCellsError(KeyError, ValueError):
+    """Obs names that are not in ``adata.obs_names``.
+
+    A failed lookup (:class:`KeyError`) and a bad value (:class:`ValueError`), so code written
+    against either catches it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
@@ -38,8 +49,9 @@ def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
 
     Raises
     ------
-    KeyError, ValueError, IndexError
-        Unknown obs key or names, bad mask length, out-of-range indices, or an empty selection.
+    KeyError, ValueError, IndexError, TypeError
+        Unknown obs key, bad mask length, out-of-range indices, an empty selection, or another
+        dtype; unknown obs names raise :class:`UnknownCellsError` (both a KeyError and a ValueError).
     """
     n = adata.n_obs
     if selector is None:
@@ -78,7 +90,9 @@ def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
             names = adata.obs_names.get_indexer(arr.astype(str).ravel())
             if np.any(names < 0):
                 missing = list(arr.astype(str).ravel()[names < 0][:5])
-                raise ValueError(f"{what}: {int(np.sum(names < 0))} obs names not found, e.g. {missing}.")
+                raise UnknownCellsError(
+                    f"{what}: {int(np.sum(names < 0))} obs names not found in adata.obs_names, e.g. {missing}."
+                )
             ixs = np.unique(names)
         else:
             raise TypeError(

@@ -35,9 +35,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import debug, info, timed, warning
-from cellfate_gpu.kernels._base import UnidirectionalKernel, _format_value, check_no_options
+from cellfate_gpu.kernels._base import UnidirectionalKernel, _format_value
 from cellfate_gpu.kernels._graph import read_connectivities
 from cellfate_gpu.kernels._rowwise import row_normalize
+from cellfate_gpu.kernels._validation import check_no_options
 
 __all__ = ["RealTimeKernel", "threshold_couplings"]
 
@@ -431,8 +432,124 @@ class RealTimeKernel(UnidirectionalKernel):
             raise FileNotFoundError(f"No '*.h5ad' transport maps in {str(path)!r}.")
         return cls(adata, time_key=time_key, couplings=couplings, policy="sequential", **kwargs)
 
+    # ---------------------------------------------------------------- plots
+    def plot_single_flow(self, cluster: Any, cluster_key: str, time_key: str | None = None, *args: Any, **kwargs: Any):
+        r"""Outgoing flow of ``cluster`` between consecutive time points, as CellRank draws it.
+
+        ``time_key`` defaults to the kernel's time key; every other argument (``clusters``,
+        ``time_points``, ``min_flow``, ``remove_empty_clusters``, ``ascending``, ``legend_loc``,
+        ``alpha``, ``xticks_step_size``, ``figsize``, ``dpi``, ``save``, ``show``, in CellRank's order)
+        is :func:`cellfate_gpu.pl._flow.single_flow`'s, which documents them and the flow
+        :math:`F_k(c') \propto \sum_{i \in c, t_k} \sum_{j \in c', t_{k+1}} T_{ij}`; returns the axes
+        when ``show=False``.
+        """
+        from cellfate_gpu.pl._flow import single_flow
+
+        time_key = self._time_key if time_key is None else time_key
+        return single_flow(self, cluster, cluster_key, time_key, *args, **kwargs)
+
+    @classmethod
+    def from_moscot(
+        cls,
+        problem: Any,
+        sparse_mode: str | None = None,
+        sparsify_kwargs: Mapping[str, Any] | None = None,
+        copy: bool = False,
+        **kwargs: Any,
+    ) -> RealTimeKernel:
+        r"""Kernel from a solved :mod:`moscot` problem (``TemporalProblem``, ``LineageProblem``, ...).
+
+        The problem is read through the attributes CellRank reads (no moscot import is needed):
+        ``problem.adata``, ``problem.temporal_key`` (the time key), ``problem.solutions``
+        (``{(t_a, t_b): solution}``), ``problem[t_a, t_b].adata_src`` / ``.adata_tgt`` (whose
+        ``obs_names`` label the coupling's rows and columns, in any order) and ``problem._policy``
+        (moscot's ``SequentialPolicy`` → ``"sequential"``, ``TriangularPolicy`` → ``"triu"``).
+        Each coupling :math:`\pi^{(a,b)}` is ``solution.transport_matrix``; a SciPy sparse or NumPy
+        coupling is kept as it is (never densified, copied only with ``copy=True``), any other
+        array (e.g. JAX) is converted with ``numpy.array(..., copy=True)``.
+
+        Parameters
+        ----------
+        problem
+            The solved moscot problem.
+        sparse_mode
+            ``"threshold"``, ``"percentile"`` or ``"min_row"``: each solution is first replaced by
+            ``solution.sparsify(mode=sparse_mode, **sparsify_kwargs)`` (moscot's sparsification);
+            ``None`` keeps the solutions. :meth:`compute_transition_matrix` thresholds again
+            (``threshold=``).
+        sparsify_kwargs
+            Keyword arguments of ``solution.sparsify``.
+        copy
+            Copy NumPy/SciPy couplings instead of referencing them.
+        kwargs
+            Passed to :class:`RealTimeKernel` (e.g. ``conn_key``).
+
+        Returns
+        -------
+        RealTimeKernel
+            With ``couplings`` as AnnData objects (rows: source cells, columns: target cells), as
+            CellRank stores them.
+        """
+        import anndata as ad
+
+        sparsify_kwargs = dict(sparsify_kwargs or {})
+        if "policy" in kwargs or "couplings" in kwargs or "time_key" in kwargs:
+            raise TypeError("from_moscot takes policy, couplings and time_key from the problem; do not pass them.")
+        for attr in ("adata", "solutions", "temporal_key"):
+            if not hasattr(problem, attr):
+                raise TypeError(
+                    f"from_moscot expects a moscot problem with `.{attr}`; {type(problem).__name__} has none."
+                )
+        solutions = problem.solutions
+        if not solutions:
+            raise RuntimeError("Problem contains no solutions. Please run `problem.solve(...)` first.")
+        policy = _moscot_policy(getattr(problem, "_policy", None))
+        if sparse_mode is not None and sparse_mode not in ("threshold", "percentile", "min_row"):
+            raise ValueError(f"sparse_mode must be 'threshold', 'percentile', 'min_row' or None, got {sparse_mode!r}.")
+
+        couplings = {}
+        for key, solution in solutions.items():
+            if not (isinstance(key, tuple) and len(key) == 2):
+                raise ValueError(f"moscot solution keys must be (source, target) time points, got {key!r}.")
+            sub = problem[key]
+            src_obs, tgt_obs = sub.adata_src.obs, sub.adata_tgt.obs
+            if sparse_mode is not None:
+                if not hasattr(solution, "sparsify"):
+                    raise TypeError(
+                        f"Solution {key!r} ({type(solution).__name__}) has no `sparsify`; use sparse_mode=None."
+                    )
+                solution = solution.sparsify(mode=sparse_mode, **sparsify_kwargs)
+            coupling = solution.transport_matrix
+            if isinstance(coupling, np.ndarray) or sp.issparse(coupling):
+                if copy:
+                    coupling = coupling.copy()
+            else:  # e.g. a read-only JAX array: always an own, writable copy
+                coupling = np.array(np.asarray(coupling), copy=True)
+            if tuple(coupling.shape) != (len(src_obs), len(tgt_obs)):
+                raise ValueError(
+                    f"Coupling {key!r} has shape {tuple(coupling.shape)}, but its source/target AnnData have "
+                    f"{len(src_obs)} and {len(tgt_obs)} cells."
+                )
+            couplings[key] = ad.AnnData(X=coupling, obs=src_obs.copy(), var=tgt_obs.copy())
+        debug("Read %d coupling(s) from %s (policy=%r)", len(couplings), type(problem).__name__, policy)
+        return cls(problem.adata, time_key=problem.temporal_key, couplings=couplings, policy=policy, **kwargs)
+
     def _repr_params(self) -> str:
         return ", ".join(f"{k}={_format_value(v)}" for k, v in self._params.items())
+
+
+def _moscot_policy(policy: Any) -> str:
+    """``"sequential"`` / ``"triu"`` from a moscot subset policy (matched by class name, or a string)."""
+    if isinstance(policy, str) and policy in ("sequential", "triu"):
+        return policy
+    name = type(policy).__name__
+    if name == "SequentialPolicy":
+        return "sequential"
+    if name == "TriangularPolicy":
+        return "triu"
+    raise NotImplementedError(
+        f"Handling moscot policy {name!r} is not implemented; only SequentialPolicy and TriangularPolicy are."
+    )
 
 
 def _check_shape(key: tuple[Any, Any], shape: tuple[int, ...], expected: tuple[int, int]) -> None:

@@ -46,7 +46,8 @@ import scipy.sparse as sp
 
 from cellfate_gpu._logging import debug, info, timed, warning
 from cellfate_gpu.kernels._base import BidirectionalKernel, _format_value
-from cellfate_gpu.kernels._graph import read_connectivities
+from cellfate_gpu.kernels._graph import count_isolated, host_data, read_connectivities
+from cellfate_gpu.kernels._validation import JOBLIB_BACKENDS
 
 __all__ = [
     "VelocityKernel",
@@ -61,7 +62,6 @@ BACKWARD_MODES = ("transpose", "negate")
 MODELS = ("deterministic", "stochastic", "monte_carlo")
 #: Default memory bound of the gathered blocks of one chunk of edges.
 MAX_CHUNK_BYTES = 64 * 2**20
-_JOBLIB_BACKENDS = {"loky", "threading", "multiprocessing"}
 
 
 # --------------------------------------------------------------------------- numerical core
@@ -132,9 +132,9 @@ def edge_similarities(
             vs = vs - xp.mean(vs, axis=1, keepdims=True)
         if mode == "negate":
             vs = -vs
-        dot = xp.vecdot(vs, d, axis=1)
+        dot = xp.sum(vs * d, axis=1)  # not vecdot: CuPy 13/14 lacks it (a copy + batched GEMM via compat)
         if normalise:
-            denom = xp.sqrt(xp.vecdot(vs, vs, axis=1)) * xp.sqrt(xp.vecdot(d, d, axis=1))
+            denom = xp.sqrt(xp.sum(vs * vs, axis=1)) * xp.sqrt(xp.sum(d * d, axis=1))
             ok = denom > 0
             sims.append(xp.where(ok, dot / xp.where(ok, denom, xp.ones_like(denom)), xp.zeros_like(dot)))
             valids.append(ok)
@@ -248,6 +248,7 @@ def _extract(adata, attr: str, key: str | None, mask: np.ndarray | None) -> np.n
         data, where = adata.obsm[key], f"adata.obsm[{key!r}]"
     else:
         raise ValueError(f"attr must be 'layers' or 'obsm', got {attr!r}.")
+    data = host_data(data, where)  # a device layer comes through its backend's named transfer
     if mask is not None:
         data = data[:, mask]  # subset before densifying: only the used genes become dense
     data = data.toarray() if sp.issparse(data) else np.asarray(data)
@@ -366,7 +367,11 @@ class VelocityKernel(BidirectionalKernel):
         Parameters
         ----------
         model
-            Only ``"deterministic"`` is implemented (``"stochastic"``/``"monte_carlo"`` raise).
+            ``"deterministic"``; ``"stochastic"`` (second-order expansion of :math:`T` in a random
+            velocity with the kNN mean and variance of the velocities) or ``"monte_carlo"`` (the
+            average over ``n_samples`` velocities drawn from that distribution, ``seed``); see
+            :mod:`cellfate_gpu.kernels._velocity_models`. As in CellRank, a backward kernel uses
+            ``"deterministic"`` (with a warning).
         backward_mode
             Used when ``backward=True`` (CellRank's two modes):
 
@@ -388,27 +393,29 @@ class VelocityKernel(BidirectionalKernel):
         max_chunk_bytes
             Memory bound of one chunk of gathered edges.
         kwargs
-            CellRank's parallelisation arguments (``n_jobs``, ``show_progress_bar``) are accepted
-            and ignored: the computation is vectorised.
+            ``n_samples`` (default 1000) and ``seed`` for ``model="monte_carlo"``; CellRank's
+            parallelisation arguments (``n_jobs``, ``show_progress_bar``) are accepted and ignored:
+            the computation is vectorised.
         """
         if model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}.")
-        if model != "deterministic":
-            raise NotImplementedError(f"model={model!r} is not implemented; use model='deterministic'.")
+        if model != "deterministic" and self.backward:  # as CellRank: no random-velocity backward models
+            warning("model=%r is not supported for a backward process; using model='deterministic'.", model)
+            model = "deterministic"
         if backward_mode not in BACKWARD_MODES:
             raise ValueError(f"backward_mode must be one of {BACKWARD_MODES}, got {backward_mode!r}.")
         if not isinstance(similarity, str) or similarity not in SIMILARITIES:
             raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
         if softmax_scale is not None and not (np.isfinite(softmax_scale) and softmax_scale > 0):
             raise ValueError(f"softmax_scale must be a positive finite number or None, got {softmax_scale!r}.")
-        if isinstance(backend, str) and backend in _JOBLIB_BACKENDS:  # CellRank's joblib `backend=`
+        if isinstance(backend, str) and backend in JOBLIB_BACKENDS:  # CellRank's joblib `backend=`
             debug("Ignoring joblib backend=%r: the computation is vectorised", backend)
             backend = None
         unknown = set(kwargs) - {"n_jobs", "show_progress_bar", "n_samples", "seed"}
         if unknown:
             raise TypeError(f"Unexpected keyword argument(s) {sorted(unknown)}.")
 
-        isolated = int(np.sum(np.diff(self._conn.indptr) == 0))
+        isolated = count_isolated(self._conn)  # host or device graph
         if isolated:
             raise ValueError(
                 f"{isolated} cell(s) have no neighbour in adata.obsp[{self._conn_key!r}]; "
@@ -424,17 +431,28 @@ class VelocityKernel(BidirectionalKernel):
             _, indices, indptr = be.csr_components(C)
             x = be.asarray(self._xdata)
             v = be.asarray(self._vdata)
-            probs, scale = velocity_transition_data(
-                be,
-                x,
-                v,
-                indices,
-                indptr,
-                similarity=similarity,
-                mode=mode,
-                softmax_scale=softmax_scale,
-                max_chunk_bytes=max_chunk_bytes,
-            )
+            if model == "deterministic":
+                probs, scale = velocity_transition_data(
+                    be,
+                    x,
+                    v,
+                    indices,
+                    indptr,
+                    similarity=similarity,
+                    mode=mode,
+                    softmax_scale=softmax_scale,
+                    max_chunk_bytes=max_chunk_bytes,
+                )
+            else:  # kernels/_velocity_models.py: velocity ~ N(kNN mean, kNN variance)
+                from cellfate_gpu.kernels._velocity_models import model_transition_data
+
+                n_samples, seed = kwargs.get("n_samples", 1000), kwargs.get("seed")
+                probs, scale = model_transition_data(
+                    be, model, x, v, C, similarity=similarity,
+                    softmax_scale=softmax_scale, n_samples=n_samples, seed=seed, max_chunk_bytes=max_chunk_bytes,
+                )  # fmt: skip
+                if model == "monte_carlo":
+                    params["n_samples"], params["seed"] = n_samples, seed
             params["softmax_scale"] = scale
             T = be.csr_from_components(probs, indices, indptr, tuple(C.shape))
             recompute = {"model": model, "backward_mode": backward_mode, "similarity": similarity,

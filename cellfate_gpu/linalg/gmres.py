@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from cellfate_gpu.backends._results import SolveResult, Status
 
@@ -42,7 +43,7 @@ def jacobi_preconditioner(backend, A: Any) -> Callable[[Any], Any]:
     """Inverse diagonal of ``A`` as a block operator (zero diagonal entries are left unscaled)."""
     xp = backend.xp
     data, indices, indptr = backend.csr_components(A)
-    rows = backend.row_ids(indptr)
+    rows = backend.row_ids(indptr, int(data.shape[0]))  # nnz known: no device read
     on_diag = xp.astype(indices == xp.astype(rows, indices.dtype), xp.float64)
     diag = backend.segment_sum(xp.astype(data, xp.float64) * on_diag, indptr)
     one = xp.ones_like(diag)
@@ -92,6 +93,38 @@ class _BatchedBasis:
             return xp.stack([h[c, :] @ self.buffer[c, :j, :] for c in range(self.s)], axis=0)
         Vs = xp.stack(self.vectors[:j], axis=1)
         return (h[:, None, :] @ Vs)[:, 0, :]
+
+
+# Pure functions of one cycle's start and end. ``backend.fuse`` compiles each into one program where
+# the backend compiles (JAX: ``jax.jit``, one XLA program per shape instead of one per operation);
+# elsewhere they run as they are. Their namespace is the arrays' own, so no ``xp`` or device is passed.
+def _column_norms(R: Any) -> Any:
+    """``||r_c||`` of every column of ``R``."""
+    return array_namespace(R).linalg.vector_norm(R, axis=0)
+
+
+def _cycle_start(R: Any) -> tuple[Any, Any]:
+    """``(V_0, beta)``: the normalised residuals as rows ``(s, n)`` and their norms ``beta_c = ||r_c||``."""
+    xp = array_namespace(R)
+    beta = xp.linalg.vector_norm(R, axis=0)
+    return (R / xp.where(beta > 0, beta, xp.ones_like(beta))).T, beta
+
+
+def _residual(B: Any, AX: Any) -> Any:
+    return B - AX
+
+
+def _residual_norms(B: Any, AX: Any) -> Any:
+    return array_namespace(B).linalg.vector_norm(B - AX, axis=0)
+
+
+def _pack(H: Any, beta: Any, bnorm: Any) -> Any:
+    """``H`` ``(steps + 1, used, s)`` with two more columns, ``beta`` and ``bnorm`` in row 0: one host read."""
+    xp = array_namespace(H)
+    zeros = xp.zeros_like(H[:, 0, :])  # (steps + 1, s), on H's device
+    col_beta = xp.concat([beta[None, :], zeros[1:, :]], axis=0)
+    col_bnorm = xp.concat([bnorm[None, :], zeros[1:, :]], axis=0)
+    return xp.concat([H, xp.stack([col_beta, col_bnorm], axis=1)], axis=1)
 
 
 def _lstsq_columns(H: np.ndarray, beta: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -179,7 +212,10 @@ def block_gmres(
     X = xp.zeros_like(B2) if x0 is None else xp.astype(xp.reshape(x0, (n, s)), xp.float64)
     device = getattr(B2, "device", None)
     one = xp.ones((s,), dtype=xp.float64, device=device)
-    bnorm_dev = xp.linalg.vector_norm(B2, axis=0)
+    fuse = getattr(backend, "fuse", lambda fn: fn)
+    column_norms, cycle_start, residual = fuse(_column_norms), fuse(_cycle_start), fuse(_residual)
+    residual_norms, pack = fuse(_residual_norms), fuse(_pack)
+    bnorm_dev = column_norms(B2)
     iterations = matvecs = 0
     status = Status.MAX_ITER
     message = ""
@@ -201,12 +237,12 @@ def block_gmres(
                 R = B2
                 start_from_zero = False
             else:
-                R = B2 - matmat(X)
+                R = residual(B2, matmat(X))
                 matvecs += s
-            beta_dev = xp.linalg.vector_norm(R, axis=0)
+            V0, beta_dev = cycle_start(R)
             steps = min(m, maxiter - iterations)
             basis = sweep if sweep is not None else _BatchedBasis(xp, s, n, steps + 1, mutable, device)
-            basis.set(0, (R / xp.where(beta_dev > 0, beta_dev, one)).T)
+            basis.set(0, V0)
             H_cols: list[Any] = []
             host_H = np.zeros((steps + 1, steps, s))
             if backend.host_is_free:
@@ -245,15 +281,8 @@ def block_gmres(
             used = steps if sweep is not None else len(H_cols)
             if not backend.host_is_free:
                 # The one read of this cycle: the Hessenberg block with the start and right-hand-side norms.
-                norms = xp.concat(
-                    [
-                        xp.stack([beta_dev, bnorm_dev], axis=0)[None, ...],
-                        xp.zeros((steps, 2, s), dtype=xp.float64, device=device),
-                    ],
-                    axis=0,
-                )
                 H_new = H_block if H_block is not None else xp.stack(H_cols, axis=1)
-                packed = backend.to_host(xp.concat([H_new, norms], axis=1))
+                packed = backend.to_host(pack(H_new, beta_dev, bnorm_dev))
                 host_H = packed[:, :used, :]
                 beta, bnorm = packed[0, used, :], packed[0, used + 1, :]
             if not (np.all(np.isfinite(host_H[:, :used, :])) and np.all(np.isfinite(beta))):
@@ -271,7 +300,7 @@ def block_gmres(
             monitor.cycle(iterations, est / scale)
             if np.all(est <= tol * scale) or iterations >= maxiter:
                 # Only the true residual decides convergence; the least-squares estimate can drift from it.
-                res_final = backend.to_host(xp.linalg.vector_norm(B2 - matmat(X), axis=0)) / scale
+                res_final = backend.to_host(residual_norms(B2, matmat(X))) / scale
                 matvecs += s
                 if np.all(res_final <= tol):
                     status = Status.CONVERGED
@@ -281,7 +310,7 @@ def block_gmres(
 
     if res_final is None or status is Status.BREAKDOWN:
         bn = backend.to_host(bnorm_dev) if bnorm is None else bnorm
-        res_final = backend.to_host(xp.linalg.vector_norm(B2 - matmat(X), axis=0)) / np.where(bn > 0, bn, 1.0)
+        res_final = backend.to_host(residual_norms(B2, matmat(X))) / np.where(bn > 0, bn, 1.0)
     Xout = xp.reshape(X, (n,)) if vector else X
     return SolveResult(
         status=status,
@@ -318,7 +347,9 @@ class _Monitor:
         if not (r1 > 0 and r0 > r1 and i1 > i0):
             return None
         rate = (np.log(r0) - np.log(r1)) / (i1 - i0)
-        return int(np.ceil(max(np.log(r1 / self.tol), 0.0) / rate))
+        left = max(np.log(r1 / self.tol), 0.0) / rate
+        # a stagnating residual (rate ~ 1e-300) gives inf or an absurd count: no estimate then
+        return int(np.ceil(left)) if np.isfinite(left) and left <= 100 * self.maxiter else None
 
     def step(self, iterations: int, residuals: np.ndarray | None) -> None:
         self.bar.update(iterations - self.shown)

@@ -40,7 +40,7 @@ def plot_random_walks(
     Parameters
     ----------
     kernel, n_sims, max_iter, seed, successive_hits, start_ixs, stop_ixs
-        See :func:`simulate_random_walks`.
+        See :func:`~cellfate_gpu.kernels._random_walk.simulate_random_walks` (``kernel.simulate_random_walks``).
     basis
         Embedding key (``"umap"`` → ``obsm["X_umap"]``; an exact ``obsm`` key also works).
     cmap
@@ -65,14 +65,11 @@ def plot_random_walks(
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
 
-    from cellfate_gpu.kernels._random_walk import simulate_random_walks
-
     key = basis if basis in kernel.adata.obsm else f"X_{basis}"
     if key not in kernel.adata.obsm:
         raise KeyError(f"No embedding adata.obsm[{key!r}]; available: {list(kernel.adata.obsm.keys())}.")
     emb = np.asarray(kernel.adata.obsm[key])[:, :2]
-    walks = simulate_random_walks(
-        kernel,
+    walks = kernel.simulate_random_walks(
         n_sims=n_sims,
         max_iter=max_iter,
         seed=seed,

@@ -223,8 +223,8 @@ class PetscBackend(Backend):
     def segment_max(self, values: Any, indptr: Any) -> Any:
         return self._host.segment_max(values, indptr)
 
-    def row_ids(self, indptr: Any) -> Any:
-        return self._host.row_ids(indptr)
+    def row_ids(self, indptr: Any, nnz: int | None = None) -> Any:
+        return self._host.row_ids(indptr, nnz)
 
     def spmm(self, A: Any, X: Any) -> Any:
         return self._host.spmm(A, X)

@@ -14,7 +14,7 @@ import numpy as np
 from cellfate_gpu._logging import debug, info
 from cellfate_gpu.backends._results import SchurResult, Status
 from cellfate_gpu.linalg._schur_sort import sort_key, sorted_real_schur, split_safe
-from cellfate_gpu.linalg.krylov_schur import complete_clusters, default_ncv
+from cellfate_gpu.linalg.krylov_schur import SCOUT_TOL, complete_clusters, default_ncv
 
 _WHICH_TO_SLEPC = {
     "LR": "LARGEST_REAL",
@@ -250,8 +250,10 @@ def partial_schur(
     if W_local is None or (backend._distribution == "root" and backend._comm().getSize() > 1):
         return result  # completion needs the host matrix on every rank (replicated)
 
-    def search(locked: np.ndarray, p: int, attempt: int) -> SchurResult:
-        return backend._eps_on_complement(A, locked, p, which=which, tol=tol, maxiter=maxiter)
+    def search(locked: np.ndarray, p: int, attempt: int, scout: bool) -> SchurResult:
+        return backend._eps_on_complement(
+            A, locked, p, which=which, tol=max(tol, SCOUT_TOL) if scout else tol, maxiter=maxiter
+        )
 
     done = complete_clusters(backend, backend._host.ensure_native(A), k, result, search, which=which, exact=r_locked)
     return dataclasses.replace(done, seconds=time.perf_counter() - started)

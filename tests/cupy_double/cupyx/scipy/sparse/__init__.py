@@ -169,6 +169,33 @@ class spmatrix:
         out = self._m.sum(axis=axis, dtype=dtype)
         return ndarray(np.asarray(out))
 
+    def __abs__(self):
+        """Element-wise ``abs`` of the stored values (``_data_matrix.__abs__``, cupyx/scipy/sparse/_data.py:31-33)."""
+        return type(self)._from(abs(self._m))
+
+    def max(self, axis=None, out=None, *, explicit=False):
+        """``_minmax_mixin.max`` (cupyx/scipy/sparse/_data.py): over all entries a 0-d *device* array
+        (implicit zeros count unless ``explicit``), never a host scalar."""
+        return self._min_or_max(np.max, np.maximum, axis, explicit)
+
+    def min(self, axis=None, out=None, *, explicit=False):
+        """``_minmax_mixin.min``, as :meth:`max`."""
+        return self._min_or_max(np.min, np.minimum, axis, explicit)
+
+    def _min_or_max(self, reduce, combine, axis, explicit):
+        if axis is not None:
+            out = self._m.max(axis=axis) if reduce is np.max else self._m.min(axis=axis)
+            return _wrap_result(out.tocsr() if _sp.issparse(out) else out)
+        if 0 in self.shape:
+            raise ValueError("zero-size array to reduction operation")
+        if self.nnz == 0:
+            return ndarray(np.zeros((), dtype=self.dtype))
+        self._m.sum_duplicates()
+        m = reduce(self._m.data)
+        if not explicit and self.nnz != self.shape[0] * self.shape[1]:
+            m = combine(np.zeros((), dtype=self.dtype), m)
+        return ndarray(np.asarray(m))
+
     def multiply(self, other):
         if isinstance(other, spmatrix):
             return csr_matrix._from(_sp.csr_matrix(self._m.multiply(other._m)))
