@@ -196,11 +196,14 @@ def lineage_drivers_correlation(
                     ax.annotate(
                         symbols.iloc[i],
                         xy=(x[i], y[i]),
+                        xytext=(4, -2),
+                        textcoords="offset points",
                         va="top",
                         ha="left",
                         size=fontsize,
                         color=col,
                         path_effects=stroke,
+                        arrowprops={"arrowstyle": "-", "color": col, "lw": 0.5, "shrinkA": 0, "shrinkB": 2},
                     )
                 )
             if hit.size:
@@ -216,8 +219,42 @@ def lineage_drivers_correlation(
                 import adjustText
 
                 adjustText.adjust_text(texts, x=x, y=y, ax=ax)
+                texts = []
+        _stack_labels(ax, texts, fontsize)
     if handles_from_sets:
         position_legend(ax, legend_loc)
     fig.tight_layout()
     finish(fig, save)
     return None if show else ax
+
+
+def _stack_labels(ax, texts: list, fontsize: float) -> None:
+    """Keep gene labels inside the axes and off each other (what ``adjustText`` does, simply).
+
+    A label whose point lies in the right half of the axes is drawn to the left of it; labels on the
+    same side whose points lie within one line height of each other (in display space) are stacked,
+    each one line (``1.2 * fontsize`` points) below the previous; the annotation's leader line joins
+    a moved label to its point.
+    """
+    if not texts:
+        return
+    fig = ax.figure
+    fig.canvas.draw()
+    to_px = fig.dpi / 72.0
+    line = 1.2 * float(fontsize)
+    mid = float(np.mean(ax.get_xlim()))
+    pts = np.array([ax.transData.transform(t.xy) for t in texts])
+    for right in (False, True):
+        idx = [k for k, t in enumerate(texts) if bool(t.xy[0] > mid) is right]
+        idx.sort(key=lambda k: -pts[k, 1])  # top to bottom
+        last_y = None  # display y (pixels) of the previous label's top
+        for k in idx:
+            t = texts[k]
+            dx = -4.0 if right else 4.0
+            t.set_ha("right" if right else "left")
+            top = pts[k, 1] - 2 * to_px
+            if last_y is not None and top > last_y - line * to_px:
+                top = last_y - line * to_px
+            dy = (top - pts[k, 1]) / to_px
+            t.set_position((dx, dy))
+            last_y = top

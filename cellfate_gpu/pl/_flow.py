@@ -394,6 +394,7 @@ def single_flow(
         ax.set_xticks(x[::step])
         ax.set_xticklabels([str(t) for t in times[::step]])
     position_legend(ax, legend_loc, handles=[handles[c] for c in order[::-1]])
+    fig.tight_layout()  # room for a legend outside the axes
     finish(fig, save)
     if not show:
         return ax
