@@ -169,6 +169,8 @@ def test_auto_chooses_by_size_and_backend_and_logs_why(backend):
     expected = {"scipy": Direct, "petsc": KSP, "cupy": GMRES, "jax": GMRES}[backend]
     assert isinstance(chosen, expected), (chosen, reason)
     assert reason
+    if backend == "petsc":  # PETSc's AMG: the default PC (ILU(0)/block Jacobi) stalls at 300k on 2 ranks
+        assert chosen.pc_type == "gamg" and "PCGAMG" in reason
     if backend == "scipy":
         assert "direct_max_n" in reason
         big, why = Auto(direct_max_n=10).choose(small, be)
