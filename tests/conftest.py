@@ -7,6 +7,7 @@ CuPy and a CUDA device are usable, else on the strict CuPy test double of ``test
 backend-parametrised test exercises the cupy backend's code in CI.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -134,3 +135,22 @@ def knn_chain(n: int, k: int = 12, seed: int = 0, forward: float = 0.3) -> sp.cs
     A = sp.csr_matrix(A + ring)
     A.sum_duplicates()
     return sp.csr_matrix(A.multiply(1.0 / np.asarray(A.sum(axis=1))))
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def log_messages():
+    """Messages the ``cellfate_gpu`` logger emits during the test (after its verbosity filter)."""
+    logger = logging.getLogger("cellfate_gpu")
+    handler = _Capture()
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)

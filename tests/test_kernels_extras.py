@@ -2,14 +2,13 @@
 plot_single_flow (flow against a hand-computed example), VelocityKernel model="stochastic" /
 "monte_carlo" (against a dense per-cell reference with a finite-difference Hessian)."""
 
-import logging
-
 import anndata as ad
 import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _time_course import SIZES, cells_of_day, random_couplings, time_course_adata
 
 from cellfate_gpu.backends import get_backend
 from cellfate_gpu.kernels._realtime import RealTimeKernel
@@ -23,62 +22,11 @@ from cellfate_gpu.pl._flow import single_flow_table
 
 matplotlib.use("Agg")
 
-SIZES = {0: 12, 1: 15, 2: 10}
-
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def log_messages():
-    logger = logging.getLogger("cellfate_gpu")
-    handler = _Capture()
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
-
 
 # =========================================================================== moscot
 @pytest.fixture
 def tdata():
-    rng = np.random.default_rng(0)
-    t = np.repeat(list(SIZES), list(SIZES.values()))
-    rng.shuffle(t)
-    n = t.size
-    pts = rng.normal(size=(n, 2))
-    d = ((pts[:, None] - pts[None]) ** 2).sum(-1)
-    W = np.exp(-d) * (d < np.sort(d, axis=1)[:, [6]])
-    np.fill_diagonal(W, 0)
-    W = np.maximum(W, W.T)
-    adata = ad.AnnData(
-        X=np.zeros((n, 2), dtype=np.float32),
-        obs=pd.DataFrame(
-            {"day": pd.Categorical(t), "ct": pd.Categorical(rng.choice(["a", "b", "c"], n))},
-            index=[f"c{i}" for i in range(n)],
-        ),
-    )
-    adata.obsp["connectivities"] = sp.csr_matrix(W)
-    return adata
-
-
-def _cells(adata, day):
-    return np.flatnonzero(adata.obs["day"].to_numpy() == day)
-
-
-def _couplings(sparse, seed=1):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for a, b in [(0, 1), (1, 2)]:
-        C = rng.random((SIZES[a], SIZES[b])) * (rng.random((SIZES[a], SIZES[b])) < 0.5)
-        C[np.arange(SIZES[a]), rng.integers(0, SIZES[b], SIZES[a])] += 0.1
-        out[a, b] = sp.csr_matrix(C) if sparse else C
-    return out
+    return time_course_adata(clusters=True)
 
 
 class SequentialPolicy:  # named as moscot's policy classes; matched by class name
@@ -117,7 +65,7 @@ class FakeProblem:
         self.solutions, self._subs = {}, {}
         for (a, b), C in couplings.items():
             ra, rb = rng.permutation(SIZES[a]), rng.permutation(SIZES[b])
-            src, tgt = adata[_cells(adata, a)[ra]], adata[_cells(adata, b)[rb]]
+            src, tgt = adata[cells_of_day(adata, a)[ra]], adata[cells_of_day(adata, b)[rb]]
             tmap = C[ra][:, rb]
             self.solutions[a, b] = FakeSolution(tmap)
             self._subs[a, b] = _Sub(src, tgt)
@@ -128,7 +76,7 @@ class FakeProblem:
 
 @pytest.mark.parametrize("sparse", [False, True])
 def test_from_moscot_equals_kernel_from_the_same_couplings(tdata, backend, sparse):
-    couplings = _couplings(sparse)
+    couplings = random_couplings(sparse=sparse)
     problem = FakeProblem(tdata, couplings)
     k = RealTimeKernel.from_moscot(problem).compute_transition_matrix(
         threshold=None, self_transitions="diagonal", backend=backend
@@ -144,7 +92,7 @@ def test_from_moscot_equals_kernel_from_the_same_couplings(tdata, backend, spars
 
 
 def test_from_moscot_keeps_sparse_couplings_sparse_and_shares_them(tdata):
-    problem = FakeProblem(tdata, _couplings(sparse=True))
+    problem = FakeProblem(tdata, random_couplings(sparse=True))
     k = RealTimeKernel.from_moscot(problem)
     for key, coupling in k.couplings.items():
         assert isinstance(coupling, ad.AnnData)
@@ -167,7 +115,7 @@ def test_from_moscot_converts_foreign_arrays_and_sparsifies(tdata):
         def __array__(self, dtype=None, copy=None):
             return self._a
 
-    couplings = _couplings(sparse=False)
+    couplings = random_couplings(sparse=False)
     problem = FakeProblem(tdata, couplings)
     for sol in problem.solutions.values():
         sol.transport_matrix = Foreign(sol.transport_matrix)
@@ -189,15 +137,15 @@ def test_from_moscot_policy_and_errors(tdata):
     # (0, 2) alone under a triangular policy: time point 1 has no outgoing coupling and is not the reference
     with pytest.raises(ValueError, match="no outgoing coupling"):
         RealTimeKernel.from_moscot(problem).compute_transition_matrix(threshold=None)
-    problem = FakeProblem(tdata, _couplings(sparse=False), policy=TriangularPolicy())
+    problem = FakeProblem(tdata, random_couplings(sparse=False), policy=TriangularPolicy())
     assert RealTimeKernel.from_moscot(problem)._policy == "triu"
     problem.solutions = {}
     with pytest.raises(RuntimeError, match="no solutions"):
         RealTimeKernel.from_moscot(problem)
-    problem = FakeProblem(tdata, _couplings(sparse=False), policy=object())
+    problem = FakeProblem(tdata, random_couplings(sparse=False), policy=object())
     with pytest.raises(NotImplementedError, match="policy 'object'"):
         RealTimeKernel.from_moscot(problem)
-    problem = FakeProblem(tdata, _couplings(sparse=False))
+    problem = FakeProblem(tdata, random_couplings(sparse=False))
     with pytest.raises(ValueError, match="sparse_mode"):
         RealTimeKernel.from_moscot(problem, sparse_mode="top_k")
     with pytest.raises(TypeError, match="temporal_key"):
@@ -267,7 +215,7 @@ def test_single_flow_table_time_order_and_subsets():
 def test_plot_single_flow_draws_one_ribbon_per_flow(tdata, tmp_path):
     import matplotlib.pyplot as plt
 
-    k = RealTimeKernel(tdata, "day", couplings=_couplings(sparse=True)).compute_transition_matrix(backend="scipy")
+    k = RealTimeKernel(tdata, "day", couplings=random_couplings(sparse=True)).compute_transition_matrix(backend="scipy")
     flow, _ = single_flow_table(k.transition_matrix, tdata.obs["ct"], tdata.obs["day"], "a")
     ax = k.plot_single_flow(cluster="a", cluster_key="ct", min_flow=0.1, show=False, save=tmp_path / "flow.png")
     assert (tmp_path / "flow.png").is_file()

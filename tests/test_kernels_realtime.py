@@ -6,44 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from _time_course import SIZES, cells_of_day, random_couplings, time_course_adata
 
 from cellfate_gpu.kernels._realtime import RealTimeKernel
-
-SIZES = {0: 12, 1: 15, 2: 10}
 
 
 @pytest.fixture
 def tdata():
-    """30+ cells with shuffled time points, a kNN graph and positive random couplings."""
-    rng = np.random.default_rng(0)
-    t = np.repeat(list(SIZES), list(SIZES.values()))
-    rng.shuffle(t)
-    n = t.size
-    pts = rng.normal(size=(n, 2))
-    d = ((pts[:, None] - pts[None]) ** 2).sum(-1)
-    W = np.exp(-d) * (d < np.sort(d, axis=1)[:, [6]])
-    np.fill_diagonal(W, 0)
-    W = np.maximum(W, W.T)
-    adata = ad.AnnData(
-        X=np.zeros((n, 2), dtype=np.float32),
-        obs=pd.DataFrame({"day": pd.Categorical(t)}, index=[f"c{i}" for i in range(n)]),
-    )
-    adata.obsp["connectivities"] = sp.csr_matrix(W)
-    return adata
-
-
-def _cells(adata, day):
-    return np.flatnonzero(adata.obs["day"].to_numpy() == day)
-
-
-def _couplings(seed=1, sparse=False):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for a, b in [(0, 1), (1, 2)]:
-        C = rng.random((SIZES[a], SIZES[b])) * (rng.random((SIZES[a], SIZES[b])) < 0.5)
-        C[np.arange(SIZES[a]), rng.integers(0, SIZES[b], SIZES[a])] += 0.1  # every row non-empty
-        out[a, b] = sp.csr_matrix(C) if sparse else C
-    return out
+    """30+ cells with shuffled time points and a kNN graph."""
+    return time_course_adata()
 
 
 def _conn_tmat(adata, cells):
@@ -76,12 +47,12 @@ def reference(adata, couplings, threshold, self_transitions, conn_weight=None):
         B = B.copy()
         empty = B.sum(axis=1) == 0
         B[empty] = 1.0 / B.shape[1]
-        ra, rb = _cells(adata, a), _cells(adata, b)
+        ra, rb = cells_of_day(adata, a), cells_of_day(adata, b)
         if self_transitions == "all" or (isinstance(self_transitions, list) and a in self_transitions):
             M[np.ix_(ra, ra)] = conn_weight * _conn_tmat(adata, ra)
             B = (1 - conn_weight) * B / B.sum(axis=1, keepdims=True)
         M[np.ix_(ra, rb)] = B
-    ref = _cells(adata, 2)
+    ref = cells_of_day(adata, 2)
     if self_transitions == "diagonal":
         M[ref, ref] = 1.0
     elif self_transitions == "uniform":
@@ -94,7 +65,7 @@ def reference(adata, couplings, threshold, self_transitions, conn_weight=None):
 @pytest.mark.parametrize("self_transitions", ["uniform", "diagonal", "connectivities", "all"])
 @pytest.mark.parametrize("threshold", [None, "auto", "auto_local", 40.0])
 def test_matches_dense_block_reference(tdata, backend, threshold, self_transitions):
-    cp = _couplings()
+    cp = random_couplings()
     k = RealTimeKernel(tdata, "day", couplings=cp).compute_transition_matrix(
         threshold=threshold, self_transitions=self_transitions, conn_weight=0.3, backend=backend
     )
@@ -105,7 +76,7 @@ def test_matches_dense_block_reference(tdata, backend, threshold, self_transitio
 
 
 def test_self_transitions_for_listed_sources_only(tdata, backend):
-    cp = _couplings()
+    cp = random_couplings()
     k = RealTimeKernel(tdata, "day", couplings=cp).compute_transition_matrix(
         None, self_transitions=[1], conn_weight=0.25, backend=backend
     )
@@ -114,7 +85,7 @@ def test_self_transitions_for_listed_sources_only(tdata, backend):
 
 
 def test_block_structure_goes_forward_in_time(tdata):
-    T = RealTimeKernel(tdata, "day", couplings=_couplings()).compute_transition_matrix("auto", "diagonal")
+    T = RealTimeKernel(tdata, "day", couplings=random_couplings()).compute_transition_matrix("auto", "diagonal")
     T = T.transition_matrix.tocoo()
     day = tdata.obs["day"].to_numpy()
     src, tgt = day[T.row], day[T.col]
@@ -123,7 +94,7 @@ def test_block_structure_goes_forward_in_time(tdata):
 
 
 def test_sparse_couplings_stay_sparse(tdata):
-    cp = _couplings(sparse=True)
+    cp = random_couplings(sparse=True)
     k = RealTimeKernel(tdata, "day", couplings=cp).compute_transition_matrix(
         threshold=None, self_transitions="diagonal"
     )
@@ -134,7 +105,7 @@ def test_sparse_couplings_stay_sparse(tdata):
 
 
 def test_auto_threshold_keeps_a_nonzero_in_every_row(tdata):
-    cp = _couplings(seed=5)
+    cp = random_couplings(seed=5)
     k = RealTimeKernel(tdata, "day", couplings=cp).compute_transition_matrix("auto", "diagonal")
     T = k.transition_matrix
     assert np.all(np.diff(T.indptr) > 0)
@@ -143,7 +114,7 @@ def test_auto_threshold_keeps_a_nonzero_in_every_row(tdata):
 
 
 def test_percentile_threshold_empty_rows_become_uniform(tdata):
-    cp = _couplings()
+    cp = random_couplings()
     k = RealTimeKernel(tdata, "day", couplings=cp).compute_transition_matrix(99.5, "diagonal")
     np.testing.assert_allclose(k.transition_matrix.toarray(), reference(tdata, cp, 99.5, "diagonal"), atol=1e-12)
 
@@ -154,7 +125,7 @@ def test_triu_policy_and_anndata_couplings_in_any_order(tdata):
     cp = {}
     for a, b in [(0, 1), (0, 2), (1, 2)]:
         C = rng.random((SIZES[a], SIZES[b]))
-        ra, rb = _cells(tdata, a), _cells(tdata, b)
+        ra, rb = cells_of_day(tdata, a), cells_of_day(tdata, b)
         pr, pc = rng.permutation(ra.size), rng.permutation(rb.size)
         cp[a, b] = ad.AnnData(
             C[np.ix_(pr, pc)], obs=pd.DataFrame(index=names[ra][pr]), var=pd.DataFrame(index=names[rb][pc])
@@ -173,7 +144,7 @@ def test_default_keys_from_policy(tdata):
 
 
 def test_bad_shapes_and_inputs(tdata):
-    cp = _couplings()
+    cp = random_couplings()
     cp[1, 2] = np.ones((SIZES[1], SIZES[2] + 1))
     with pytest.raises(ValueError, match=r"Coupling \(1, 2\) has shape \(15, 11\).*expected shape \(15, 10\)"):
         RealTimeKernel(tdata, "day", couplings=cp)
@@ -182,7 +153,7 @@ def test_bad_shapes_and_inputs(tdata):
     with pytest.raises(TypeError, match="categorical"):
         tdata.obs["num"] = tdata.obs["day"].astype(int)
         RealTimeKernel(tdata, "num")
-    k = RealTimeKernel(tdata, "day", couplings=_couplings())
+    k = RealTimeKernel(tdata, "day", couplings=random_couplings())
     with pytest.raises(ValueError, match="conn_weight"):
         k.compute_transition_matrix(self_transitions="all")
     with pytest.raises(ValueError, match="threshold"):
@@ -192,11 +163,13 @@ def test_bad_shapes_and_inputs(tdata):
 
 
 def test_from_wot_round_trip(tdata, tmp_path, backend):
-    cp = _couplings()
+    cp = random_couplings()
     names = np.asarray(tdata.obs_names)
     for (a, b), C in cp.items():
         tm = ad.AnnData(
-            C, obs=pd.DataFrame(index=names[_cells(tdata, a)]), var=pd.DataFrame(index=names[_cells(tdata, b)])
+            C,
+            obs=pd.DataFrame(index=names[cells_of_day(tdata, a)]),
+            var=pd.DataFrame(index=names[cells_of_day(tdata, b)]),
         )
         tm.write_h5ad(tmp_path / f"tmaps_{float(a)}_{float(b)}.h5ad")
     k = RealTimeKernel.from_wot(tdata, tmp_path, time_key="day")
@@ -215,7 +188,7 @@ def test_realtime_on_the_cupy_double(tdata, monkeypatch):
         from tests.cupy_double import install
     from cellfate_gpu.backends import get_backend
 
-    cp = _couplings(sparse=True)
+    cp = random_couplings(sparse=True)
     with install(monkeypatch) as cupy:
         be = get_backend("cupy")
         cupy.TRANSFERS.clear()

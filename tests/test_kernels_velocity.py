@@ -4,8 +4,6 @@ Real data: ``cellrank_toy_50.h5ad`` (CellRank's ``adata_50.h5ad`` test file, BSD
 Copyright (c) 2019, Theis Lab; see ``../shared/data/README.md``), via the ``toy_adata`` fixture.
 """
 
-import logging
-
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -75,24 +73,6 @@ def atlas200():
     from cellfate_gpu.datasets import synthetic_atlas
 
     return synthetic_atlas(n_cells=200, n_lineages=2, n_genes=30, seed=3)
-
-
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def log_messages():
-    logger = logging.getLogger("cellfate_gpu")
-    handler = _Capture()
-    logger.addHandler(handler)
-    yield handler.messages
-    logger.removeHandler(handler)
 
 
 # --------------------------------------------------------------------------- VelocityKernel

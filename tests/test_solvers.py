@@ -11,8 +11,6 @@
   early surface as errors that say what to try, and leave the estimator and the AnnData untouched.
 """
 
-import logging
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -141,28 +139,7 @@ def test_a_prepared_solver_is_reused_and_refuses_another_matrix(name, backend):
         solve(other, RS, solver=first.prepared, backend=backend)
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.messages = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
-def _logged(fn):
-    handler = _Records()
-    logger = logging.getLogger("cellfate_gpu")
-    logger.addHandler(handler)
-    try:
-        with cf_settings.using(verbosity="info"):
-            out = fn()
-    finally:
-        logger.removeHandler(handler)
-    return out, handler.messages
-
-
-def test_auto_chooses_by_size_and_backend_and_logs_why(backend):
+def test_auto_chooses_by_size_and_backend_and_logs_why(backend, log_messages):
     be = get_backend(backend)
     small, RS = _system()
     chosen, reason = Auto().choose(be.ensure_native(small), be)
@@ -175,9 +152,10 @@ def test_auto_chooses_by_size_and_backend_and_logs_why(backend):
         assert "direct_max_n" in reason
         big, why = Auto(direct_max_n=10).choose(small, be)
         assert big == GMRES(preconditioner=AMG()) and "AMG" in why
-    res, messages = _logged(lambda: solve(small, RS, solver=Auto(), tol=1e-11, backend=backend))
+    with cf_settings.using(verbosity="info"):
+        res = solve(small, RS, solver=Auto(), tol=1e-11, backend=backend)
     assert res.prepared.solver == chosen
-    assert any("Auto() chose" in m and reason in m for m in messages), messages
+    assert any("Auto() chose" in m and reason in m for m in log_messages), log_messages
 
 
 def test_auto_without_pyamg_bounds_the_fill(monkeypatch):

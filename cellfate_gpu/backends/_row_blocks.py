@@ -76,8 +76,10 @@ def _blocks(A: sp.csr_matrix, parts: int) -> list[tuple[int, int, sp.csr_matrix]
 
 def threaded_spmm(A: Any, X: np.ndarray, threads: int | None = None) -> np.ndarray:
     """``A @ X`` for a SciPy CSR ``A`` and a dense ``(n,)`` or ``(n, s)`` ``X``, over ``threads`` threads."""
+    if A.shape[0] < MIN_ROWS or not (sp.issparse(A) and A.format == "csr"):
+        return A @ X  # small or not CSR: no thread count needed (this runs on every matvec)
     threads = n_threads() if threads is None else threads
-    if threads < 2 or A.shape[0] < MIN_ROWS or not (sp.issparse(A) and A.format == "csr"):
+    if threads < 2:
         return A @ X
     X = np.asarray(X)
     dtype = np.result_type(A.dtype, X.dtype)

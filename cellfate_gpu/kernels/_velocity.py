@@ -186,13 +186,25 @@ def masked_row_softmax(backend, logits: Any, valid: Any, indptr: Any) -> Any:
     row_max = xp.where(xp.isfinite(row_max), row_max, xp.zeros_like(row_max))
     shifted = xp.where(valid, logits - xp.take(row_max, rows), xp.zeros_like(logits))
     e = xp.where(valid, xp.exp(shifted), xp.zeros_like(logits))
-    sums = backend.segment_sum(e, indptr)
+    return normalise_rows_or_uniform(backend, e, indptr, rows)
+
+
+def normalise_rows_or_uniform(backend, weights: Any, indptr: Any, rows: Any, uniform_rows: Any = None) -> Any:
+    """Divide non-negative CSR ``weights`` by their row sums; rows summing to 0 become uniform.
+
+    ``rows`` is ``backend.row_ids(indptr)`` (the callers already have it); ``uniform_rows``, a
+    boolean per row, makes further rows uniform over their neighbours.
+    """
+    xp = backend.xp
+    sums = backend.segment_sum(weights, indptr)
     counts = xp.astype(indptr[1:] - indptr[:-1], xp.float64)
     has = sums > 0
+    if uniform_rows is not None:
+        has = has & ~uniform_rows
     ones = xp.ones_like(sums)
     per_row = xp.take(xp.where(has, sums, ones), rows)
     uniform = xp.take(ones / xp.where(counts > 0, counts, ones), rows)
-    return xp.where(xp.take(has, rows), e / per_row, uniform)
+    return xp.where(xp.take(has, rows), weights / per_row, uniform)
 
 
 def velocity_transition_data(

@@ -69,6 +69,7 @@ from cellfate_gpu.kernels._velocity import (
     edge_similarities,
     estimate_softmax_scale,
     masked_row_softmax,
+    normalise_rows_or_uniform,
 )
 
 __all__ = [
@@ -237,13 +238,7 @@ def stochastic_transition_data(
     p = xp.clip(p0 + q, 0.0, 1.0)
 
     # rows: renormalise; all-zero rows (and zero mean velocity) become uniform
-    sums = backend.segment_sum(p, indptr)
-    counts = xp.astype(indptr[1:] - indptr[:-1], xp.float64)
-    ones = xp.ones_like(sums)
-    has = sums > 0
-    uniform = xp.take(ones / xp.where(counts > 0, counts, ones), rows)
-    p = xp.where(xp.take(has, rows), p / xp.take(xp.where(has, sums, ones), rows), uniform)
-    return xp.where(xp.take(zero_u, rows), uniform, p)
+    return normalise_rows_or_uniform(backend, p, indptr, rows, uniform_rows=zero_u)
 
 
 def monte_carlo_transition_data(

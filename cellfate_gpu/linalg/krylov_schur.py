@@ -215,11 +215,6 @@ def _cluster_members(ev: np.ndarray, exact: int) -> np.ndarray:
     return np.array(sorted(members), dtype=np.int64)
 
 
-def _has_cluster(ev: np.ndarray, exact: int) -> bool:
-    """Whether two eigenvalues, not both among the first ``exact`` (known exactly), are within CLUSTER_TOL."""
-    return _cluster_members(ev, exact).size > 0
-
-
 def complete_clusters(
     backend, A: Any, k: int, result: SchurResult, search, *, which: str, exact: int = 0
 ) -> SchurResult:
