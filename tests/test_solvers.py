@@ -24,7 +24,7 @@ from cellfate_gpu.backends import Status, get_backend
 from cellfate_gpu.estimators import GPCCA
 from cellfate_gpu.estimators._absorption import absorption_times, fate_probabilities
 from cellfate_gpu.kernels import PrecomputedKernel
-from cellfate_gpu.linalg import solve
+from cellfate_gpu.linalg import SolveError, solve
 from cellfate_gpu.linalg.solvers import (
     AMG,
     GMRES,
@@ -146,8 +146,10 @@ def test_auto_chooses_by_size_and_backend_and_logs_why(backend, log_messages):
     expected = {"scipy": Direct, "petsc": KSP, "cupy": GMRES, "jax": GMRES}[backend]
     assert isinstance(chosen, expected), (chosen, reason)
     assert reason
-    if backend == "petsc":  # PETSc's AMG: the default PC (ILU(0)/block Jacobi) stalls at 300k on 2 ranks
-        assert chosen.pc_type == "gamg" and "PCGAMG" in reason
+    if backend == "petsc":  # small: PETSc's default PC; large: PCGAMG (the default PC stalls at 300k on 2 ranks)
+        assert chosen.pc_type is None and "default PC" in reason
+        big, why = Auto(direct_max_n=10).choose(small, be)
+        assert big.pc_type == "gamg" and "PCGAMG" in why
     if backend == "scipy":
         assert "direct_max_n" in reason
         big, why = Auto(direct_max_n=10).choose(small, be)
@@ -156,6 +158,22 @@ def test_auto_chooses_by_size_and_backend_and_logs_why(backend, log_messages):
         res = solve(small, RS, solver=Auto(), tol=1e-11, backend=backend)
     assert res.prepared.solver == chosen
     assert any("Auto() chose" in m and reason in m for m in log_messages), log_messages
+
+
+def test_auto_on_petsc_repeats_a_failed_gamg_set_up_with_the_default_pc(log_messages):
+    pytest.importorskip("petsc4py")
+    # Q = [[0, 0], [0.82, 0]]: PCGAMG's set-up fails on I - Q (DIVERGED_PCSETUP_FAILED), found by
+    # the property test below when Auto chose GAMG for every size.
+    T, terminal = absorbing_chain(2, [1], 0, density=0.5)
+    n_abs = int(terminal.notna().sum())
+    A = sp.csr_matrix(sp.eye(2) - T[n_abs:, n_abs:])
+    R = T[n_abs:, :n_abs].toarray()
+    with pytest.raises(SolveError, match="DIVERGED_PCSETUP_FAILED"):
+        solve(A, R, solver=KSP(pc_type="gamg"), tol=1e-12, backend="petsc")
+    res = solve(A, R, solver=Auto(direct_max_n=1), tol=1e-12, backend="petsc")
+    assert res.status is Status.CONVERGED
+    np.testing.assert_allclose(res.X, np.linalg.solve(A.toarray(), R), atol=1e-12)
+    assert any("PCGAMG's set-up failed" in m for m in log_messages), log_messages
 
 
 def test_auto_without_pyamg_bounds_the_fill(monkeypatch):

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, final
 import numpy as np
 import scipy.sparse as sp
 
-from cellfate_gpu._logging import info
+from cellfate_gpu._logging import info, warning
 from cellfate_gpu.backends._results import SolveResult, Status
 
 __all__ = [
@@ -499,10 +499,13 @@ class Auto(Solver):
 
     The rule, measured on kNN Markov chains (docs/benchmarks.md):
 
-    1. ``petsc``: :class:`KSP` GMRES with PETSc's algebraic multigrid (PCGAMG). On the 100k atlas
-       (one rank, tol 1e-10) it takes 4.9 s where PETSc's default PC (ILU(0); block Jacobi + ILU(0)
-       on several ranks) takes 25.2 s, and on 2 ranks at 300k the default PC stopped at the
-       iteration limit (residual 2e-9 for tol 1e-10).
+    1. ``petsc``: :class:`KSP` GMRES with PETSc's algebraic multigrid (PCGAMG) above
+       ``direct_max_n`` unknowns. On the 100k atlas (one rank, tol 1e-10) it takes 4.9 s where
+       PETSc's default PC (ILU(0); block Jacobi + ILU(0) on several ranks) takes 25.2 s, and on 2
+       ranks at 300k the default PC stopped at the iteration limit (residual 2e-9 for tol 1e-10).
+       Up to ``direct_max_n`` unknowns: GMRES with PETSc's default PC (GAMG's set-up fails on some
+       tiny systems, ``DIVERGED_PCSETUP_FAILED``, and buys nothing there). Should PCGAMG's set-up
+       fail on a large system, the solve is repeated once with the default PC, with a warning.
     2. Backends without sparse LU (``cupy``, ``jax``): :class:`GMRES` with :class:`Jacobi`.
     3. ``scipy`` with at most ``direct_max_n`` unknowns: :class:`Direct` (any fill is cheap there).
     4. ``scipy`` and pyamg installed: :class:`GMRES` with an :class:`AMG` V-cycle. SuperLU's fill on
@@ -530,6 +533,12 @@ class Auto(Solver):
         """Return ``(solver, reason)`` for matrix ``A`` on ``backend`` (no set-up work is done)."""
         n = int(A.shape[0])
         if backend.can_run("solve.ksp")[0] and not backend.can_run("solve.gmres")[0]:
+            if n <= self.direct_max_n:
+                return (
+                    KSP(ksp_type="gmres", restart=self.restart),
+                    f"the {backend.name!r} backend solves with PETSc KSP; n={n} <= direct_max_n="
+                    f"{self.direct_max_n}: GMRES with PETSc's default PC",
+                )
             return (
                 KSP(ksp_type="gmres", pc_type="gamg", restart=self.restart),
                 f"the {backend.name!r} backend solves with PETSc KSP; GMRES with algebraic multigrid (PCGAMG)",
@@ -559,7 +568,19 @@ class Auto(Solver):
     def prepare(self, backend: Any, A: Any) -> Prepared:
         chosen, reason = self.choose(A, backend)
         info("    Solver Auto() chose %r: %s", chosen, reason)
-        return chosen.prepare(backend, A)
+        prepared = chosen.prepare(backend, A)
+        if not (isinstance(chosen, KSP) and chosen.pc_type == "gamg"):
+            return prepared
+        fallback = KSP(ksp_type=chosen.ksp_type, restart=chosen.restart)
+
+        def run(B: Any, tol: float, maxiter: int | None, x0: Any) -> SolveResult:
+            result = prepared.run(B, tol, maxiter, x0)
+            if "DIVERGED_PCSETUP_FAILED" not in result.message:
+                return result
+            warning("    PCGAMG's set-up failed (%s); solving again with %r", result.message, fallback)
+            return fallback.prepare(backend, A).run(B, tol, maxiter, x0)
+
+        return _prepared(chosen, backend, A, run)
 
 
 def _rcm_profile(A: sp.csr_matrix) -> int:
