@@ -72,7 +72,7 @@ class StrictBackend(Backend):
     def row_sums(self, A):
         return xps.sum(A.dense, axis=1)
 
-    def spmm(self, A, X):
+    def _spmm(self, A, X):
         return A.dense @ X
 
     def transpose(self, A):

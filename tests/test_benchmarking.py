@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from cellfate_gpu import benchmarking as bm
-from cellfate_gpu.backends import get_backend
+from cellfate_gpu.backends import Backend, get_backend
 
 
 def test_spmv_bytes_formula():
@@ -58,6 +58,24 @@ def test_matvec_counters_nest_and_stay_in_their_context():
     assert len(seen) == 1 and main.calls == 0  # a new thread starts with an empty context
     with pytest.raises(ValueError, match="without a backend"):
         _ = bm.MatvecCounter().backend
+
+
+def test_only_the_counting_view_counts_and_no_method_is_replaced():
+    cached = get_backend("scipy")
+    view = bm.counting_backend(cached)
+    A = sp.random(40, 40, density=0.1, format="csr", random_state=2)
+    X = np.arange(80.0).reshape(40, 2)
+    with bm.MatvecCounter() as c:
+        np.testing.assert_array_equal(cached.spmm(A, X), A @ X)
+        assert c.calls == 0  # the cached instance is never counted
+        np.testing.assert_array_equal(view.spmm(A, X), A @ X)
+        assert (c.calls, c.matvecs) == (1, 2)
+    # the view is the same class with the counting flag set, not a monkeypatched method
+    assert type(view) is type(cached) and view is not cached
+    assert "spmm" not in vars(view) and "_spmm" not in vars(view) and "spmm" not in vars(cached)
+    assert view._counts_spmm and not cached._counts_spmm and not get_backend("scipy")._counts_spmm
+    assert type(view).spmm is Backend.spmm  # the final template method; backends implement _spmm
+    assert bm.counting_backend(view)._counts_spmm and not cached._counts_spmm
 
 
 def test_step_closure_adds_prerequisites_in_pipeline_order():

@@ -335,6 +335,29 @@ def test_h5ad_round_trip(small, computed, tmp_path):
     np.testing.assert_allclose(_dense(conn), _dense(ck), atol=1e-15)
 
 
+def test_kernels_pickled_under_the_old_module_still_load(computed, monkeypatch):
+    # KernelExpression and PrecomputedKernel lived in kernels._base; pickles made then name that module
+    import pickle
+
+    from cellfate_gpu import kernels
+    from cellfate_gpu.kernels import _base
+
+    pk, ck = computed
+    originals = (kernels.PrecomputedKernel(pk), 0.8 * pk + 0.2 * ck)
+    for cls in (kernels.PrecomputedKernel, kernels.KernelExpression):
+        assert getattr(_base, cls.__name__) is cls and cls.__module__ != _base.__name__
+        monkeypatch.setattr(cls, "__module__", _base.__name__)  # pickle as the previous layout did
+    old = [pickle.dumps(k) for k in originals]
+    monkeypatch.undo()
+    for blob, original in zip(old, originals, strict=True):
+        assert b"cellfate_gpu.kernels._base" in blob and b"cellfate_gpu.kernels._precomputed" not in blob
+        back = pickle.loads(blob)
+        assert type(back) is type(original) and repr(back) == repr(original)
+        np.testing.assert_array_equal(_dense(back), _dense(original))
+    with pytest.raises(AttributeError, match="NoSuchKernel"):
+        _base.NoSuchKernel
+
+
 def test_write_to_adata_keeps_h5ad_safe_params(small, tmp_path):
     adata = small.copy()
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import scipy.sparse as sp
 
 from cellfate_gpu._logging import logger
+from cellfate_gpu.backends._counting import counted_spmm
 from cellfate_gpu.backends._results import EigResult, SchurResult, SolveResult
 
 __all__ = ["Backend", "host_csr"]
@@ -57,9 +58,10 @@ class Backend(abc.ABC):
     """Abstract base of every backend (each concrete backend is a final class).
 
     Subclasses set :attr:`name`, :attr:`extra` (the pip extra that installs it) and implement the
-    abstract methods.  Generic defaults (solve, partial Schur, partial eig) are written against
-    :attr:`xp`, :meth:`spmm`, :meth:`to_host` and :meth:`asarray`, so a backend with a
-    working array namespace and SpMM gets the Krylov algorithms for free.
+    abstract methods (the SpMM as :meth:`_spmm`; the public :meth:`spmm` is final).  Generic defaults
+    (solve, partial Schur, partial eig) are written against :attr:`xp`, :meth:`spmm`, :meth:`to_host`
+    and :meth:`asarray`, so a backend with a working array namespace and SpMM gets the Krylov
+    algorithms for free.
     """
 
     name: str = ""
@@ -153,9 +155,26 @@ class Backend(abc.ABC):
         return xp.repeat(xp.arange(n, dtype=indptr.dtype), counts)
 
     # ---------------------------------------------------------------- sparse algebra
-    @abc.abstractmethod
+    #: Whether this instance reports its SpMMs to the open recorders of
+    #: :mod:`~cellfate_gpu.backends._counting`. Unset on every instance a backend class makes (so on
+    #: the cached ones :func:`~cellfate_gpu.backends.get_backend` hands out); set only on the private
+    #: shallow copies :func:`~cellfate_gpu.backends._counting.counting_backend` makes.
+    _counts_spmm: bool = False
+
+    @final
     def spmm(self, A: Any, X: Any) -> Any:
-        """Sparse times dense: ``A @ X`` for a vector or a block of vectors."""
+        """Sparse times dense: ``A @ X`` for a vector or a block of vectors.
+
+        Final: a backend implements :meth:`_spmm`; this runs it and, on a counting view only,
+        reports the product to the open recorders (one attribute read otherwise).
+        """
+        if self._counts_spmm:
+            return counted_spmm(self._spmm, A, X)
+        return self._spmm(A, X)
+
+    @abc.abstractmethod
+    def _spmm(self, A: Any, X: Any) -> Any:
+        """The backend's own ``A @ X`` (a vector or a block of vectors); called by :meth:`spmm` only."""
 
     @abc.abstractmethod
     def transpose(self, A: Any) -> Any:

@@ -321,7 +321,7 @@ class CupyBackend(Backend):
         return self.csr_from_components(scaled, indices, indptr, tuple(A.shape))
 
     # ---------------------------------------------------------------- sparse algebra
-    def spmm(self, A: Any, X: Any) -> Any:
+    def _spmm(self, A: Any, X: Any) -> Any:
         """``A @ X`` by cuSPARSE; a float32 matrix is widened per product so sums accumulate in float64.
 
         This is the precision policy of the module docstring: float64 vectors are never narrowed.

@@ -514,7 +514,7 @@ class JaxBackend(Backend):
         return _row_kernels()[2](values, indptr)
 
     # sparse algebra
-    def spmm(self, A: JaxCSR, X: Any) -> Any:
+    def _spmm(self, A: JaxCSR, X: Any) -> Any:
         """``A @ X`` jit-compiled: ELLPACK gathers for even rows, else a sorted segment sum."""
         ell = _ell_of(A)
         if ell is not None:

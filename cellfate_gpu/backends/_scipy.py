@@ -93,7 +93,7 @@ class ScipyBackend(Backend):
         return np.repeat(np.arange(len(indptr) - 1, dtype=indptr.dtype), np.diff(indptr))
 
     # sparse algebra
-    def spmm(self, A, X):
+    def _spmm(self, A, X):
         # Row blocks over every core (SciPy's kernel is serial but releases the GIL); bit-identical.
         return threaded_spmm(A, X)
 

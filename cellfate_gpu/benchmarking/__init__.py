@@ -16,11 +16,11 @@ SpMM counts, peak memory), ``_pipeline`` (our pipeline), ``_cellrank`` (CellRank
 run in CellRank's environment).
 """
 
+from cellfate_gpu.backends._counting import counting_backend as counting_backend
 from cellfate_gpu.benchmarking._cellrank import CELLRANK_TOOL as CELLRANK_TOOL
 from cellfate_gpu.benchmarking._cellrank import _runner_path
 from cellfate_gpu.benchmarking._measure import MatvecCounter as MatvecCounter
 from cellfate_gpu.benchmarking._measure import PeakMemory as PeakMemory
-from cellfate_gpu.benchmarking._measure import counting_backend as counting_backend
 from cellfate_gpu.benchmarking._measure import spmv_bytes as spmv_bytes
 from cellfate_gpu.benchmarking._measure import stream_triad_bandwidth as stream_triad_bandwidth
 from cellfate_gpu.benchmarking._pipeline import ATLAS_KINDS as ATLAS_KINDS

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import itertools
 import math
 import os
@@ -34,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from cellfate_gpu.backends._counting import close_recorder, counting_backend, open_recorder
 
 
 def stream_triad_bandwidth(n: int = 20_000_000, repeats: int = 5, threads: int | None = None) -> float:
@@ -97,54 +98,15 @@ def _nnz(A: Any) -> int | None:
     return None
 
 
-#: The counters open in this context, innermost last (a tuple: contexts never share a mutable list).
-_OPEN_COUNTERS: contextvars.ContextVar[tuple[MatvecCounter, ...]] = contextvars.ContextVar(
-    "cellfate_gpu_matvec_counters", default=()
-)
-
-
-def counting_backend(backend: Any) -> Any:
-    """A private view of ``backend`` whose SpMMs are counted by the open :class:`MatvecCounter` s.
-
-    The view is a shallow copy of the backend instance (same class, same state: device handles,
-    caches and options are shared, not duplicated) whose ``spmm`` reports each product to every
-    :class:`MatvecCounter` open in the current context, then returns the backend's own result;
-    with none open it costs one context-variable read. The generic solvers the backend inherits
-    call ``self.spmm``, so their products are counted too. ``backend`` itself, usually the cached
-    instance :func:`~cellfate_gpu.backends.get_backend` hands everyone, is never modified: code
-    that did not ask for the view is not counted, and no state outlives the view.
-
-    Give the view as ``backend=`` to what is measured (kernels keep it; estimators use their
-    kernel's backend).
-    """
-    view = copy.copy(backend)
-    product = type(backend).spmm.__get__(view)
-
-    def spmm(A: Any, X: Any) -> Any:
-        counters = _OPEN_COUNTERS.get()
-        if not counters:
-            return product(A, X)
-        t0 = time.perf_counter()
-        Y = product(A, X)
-        with contextlib.suppress(Exception):  # wait for asynchronous devices where possible
-            getattr(Y, "block_until_ready", lambda: None)()
-        seconds = time.perf_counter() - t0
-        for counter in counters:
-            counter.record(A, X, seconds)
-        return Y
-
-    view.spmm = spmm  # an attribute of the private copy only
-    return view
-
-
 class MatvecCounter(contextlib.AbstractContextManager):
     """Count the SpMMs of counting backends (and their bytes and time) while the context is open.
 
     Scoped like :meth:`settings.using <cellfate_gpu._settings._Settings.using>`: entering pushes
     this counter onto a :class:`contextvars.ContextVar`, leaving pops it, so counters nest (an
     outer one sees the products of an inner one too) and threads or tasks with their own context
-    do not see each other's. What is counted are the ``spmm`` calls of :func:`counting_backend`
-    views; :attr:`backend` is such a view of ``backend`` (made on first use).
+    do not see each other's (the scope is :mod:`cellfate_gpu.backends._counting`'s). What is
+    counted are the ``spmm`` calls of :func:`counting_backend` views; :attr:`backend` is such a view
+    of ``backend`` (made on first use).
 
     ``matvecs`` counts vectors (an SpMM with ``s`` columns counts ``s``); ``seconds`` is the time
     spent inside ``spmm``; ``bytes`` follows :func:`spmv_bytes` (``default_nnz`` stands in for a
@@ -190,11 +152,11 @@ class MatvecCounter(contextlib.AbstractContextManager):
     def __enter__(self) -> MatvecCounter:
         if self._token is not None:
             raise RuntimeError("This MatvecCounter is already open; make one per context.")
-        self._token = _OPEN_COUNTERS.set((*_OPEN_COUNTERS.get(), self))
+        self._token = open_recorder(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        _OPEN_COUNTERS.reset(self._token)
+        close_recorder(self._token)
         self._token = None
         return None
 

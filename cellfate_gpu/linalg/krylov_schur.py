@@ -43,20 +43,31 @@ def default_ncv(k: int, n: int) -> int:
 
 
 class _Basis:
-    """Krylov basis of ``n``-vectors, preallocated when the namespace allows item assignment.
+    """Krylov basis of ``n``-vectors behind the locked vectors, preallocated when the namespace allows item assignment.
 
-    The buffer holds one basis vector per *row* (shape ``(size, n)``, C order): writing or reading
-    a vector touches contiguous memory, and ``first(j)`` is the transposed view, which BLAS takes
-    as is. Column storage (``(n, size)``) made every write strided: 2.4 of 26 s at 100k cells.
+    The buffer holds one vector per *row* (shape ``(r + size, n)``, C order): the ``r`` locked
+    vectors first (``A W = W``, searched around), then the basis. Writing or reading a vector
+    touches contiguous memory, and :meth:`first` / :meth:`with_locked` are transposed views, which
+    BLAS takes as is. Column storage (``(n, size)``) made every write strided: 2.4 of 26 s at 100k
+    cells. Keeping ``W`` in the same buffer lets one Gram-Schmidt product orthogonalise against
+    ``[W, V]`` together (see :func:`_krylov_schur`).
     """
 
-    def __init__(self, xp: Any, template: Any, size: int, mutable: bool):
+    def __init__(self, xp: Any, template: Any, size: int, mutable: bool, locked: Any = None):
         self.xp, self.mutable = xp, mutable
         n = template.shape[0]
-        self.buffer = xp.zeros((size, n), dtype=xp.float64, device=_device(template)) if mutable else None
+        self.r = 0 if locked is None else int(locked.shape[1])
+        self.buffer = None
         self.columns: list[Any] = []
+        if mutable:
+            self.buffer = xp.zeros((self.r + size, n), dtype=xp.float64, device=_device(template))
+            if self.r:
+                self.buffer[: self.r, :] = locked.T
+        elif self.r:
+            self.columns = [locked[:, i] for i in range(self.r)]
 
     def set(self, j: int, v: Any) -> None:
+        j += self.r
         if self.mutable:
             self.buffer[j, :] = v
         elif j == len(self.columns):
@@ -65,22 +76,28 @@ class _Basis:
             self.columns[j] = v
 
     def first(self, j: int) -> Any:
-        """The first ``j`` columns as an ``(n, j)`` array."""
+        """The first ``j`` basis vectors (locked ones excluded) as an ``(n, j)`` array."""
         if self.mutable:
-            return self.buffer[:j, :].T
-        return self.xp.stack(self.columns[:j], axis=1)
+            return self.buffer[self.r : self.r + j, :].T
+        return self.xp.stack(self.columns[self.r : self.r + j], axis=1)
+
+    def with_locked(self, j: int) -> Any:
+        """``[W, V_j]``: the locked vectors and the first ``j`` basis vectors, an ``(n, r + j)`` array."""
+        if self.mutable:
+            return self.buffer[: self.r + j, :].T
+        return self.xp.stack(self.columns[: self.r + j], axis=1)
 
     def column(self, j: int) -> Any:
-        return self.buffer[j, :] if self.mutable else self.columns[j]
+        return self.buffer[self.r + j, :] if self.mutable else self.columns[self.r + j]
 
     def replace_first(self, V: Any, residual: Any) -> None:
-        """Set the basis to the columns of ``V`` followed by ``residual``."""
-        p = V.shape[1]
+        """Set the basis to the columns of ``V`` followed by ``residual`` (the locked vectors stay)."""
+        p, r = V.shape[1], self.r
         if self.mutable:
-            self.buffer[:p, :] = V.T
-            self.buffer[p, :] = residual
+            self.buffer[r : r + p, :] = V.T
+            self.buffer[r + p, :] = residual
         else:
-            self.columns = [V[:, i] for i in range(p)] + [residual]
+            self.columns = self.columns[:r] + [V[:, i] for i in range(p)] + [residual]
 
 
 #: DGKS criterion for the second Gram-Schmidt pass (ARPACK's and SLEPc's choice, 1/sqrt(2)).
@@ -347,7 +364,8 @@ def _krylov_schur(
     start_time = time.perf_counter()
     xp = backend.xp
     n_full = int(A.shape[0])
-    n = n_full - (0 if locked is None else int(locked.shape[1]))  # dimension of the search space
+    n_locked = 0 if locked is None else int(locked.shape[1])
+    n = n_full - n_locked  # dimension of the search space
     m = min(n, ncv) if ncv is not None else default_ncv(k, n)
     m = max(m, min(n, k + 2))
     maxiter = maxiter if maxiter is not None else max(100, 10 * n // max(m, 1))
@@ -368,8 +386,9 @@ def _krylov_schur(
     def matvec(v: Any) -> Any:
         # Precision policy (as in gmres.py): the Krylov vectors stay float64 whatever the storage
         # type; a float32 matrix is widened inside the backend's SpMM, never the vector narrowed.
-        w = xp.astype(backend.spmm(A, v), xp.float64)
-        return w if locked is None else w - locked @ (locked.T @ w)
+        # No projection here: Gram-Schmidt against [W, V] below removes the W components with V's
+        # (V is orthogonal to W, so V^T A v = V^T (I - W W^T) A v: the deflated operator's H).
+        return xp.astype(backend.spmm(A, v), xp.float64)
 
     if v0 is None:
         v = fresh_vector()
@@ -383,7 +402,7 @@ def _krylov_schur(
     # Without it (the default) the generic loop below runs.
     hook = getattr(backend, "arnoldi_sweep", None)
     sweep = hook(A, m, locked) if hook is not None else None
-    basis = sweep if sweep is not None else _Basis(xp, v, m + 1, mutable)
+    basis = sweep if sweep is not None else _Basis(xp, v, m + 1, mutable, locked)
     basis.set(0, v)
     H = np.zeros((m + 1, m))  # host copy of the projected matrix, refreshed once per restart
     H_dev_cols: list[Any] = []  # device columns of H produced by Arnoldi since the last restart
@@ -402,25 +421,24 @@ def _krylov_schur(
         for j in range(p, m) if sweep is None else ():
             w = matvec(basis.column(j))
             matvecs += 1
-            Vj = basis.first(j + 1)
-            h = Vj.T @ w
+            # Classical Gram-Schmidt against [W, V_j] in one product pair: the locked vectors W and
+            # the basis together (separate passes against W, before and after V, cost 3 of the 4
+            # n-by-(r + j) products at 100k cells for nothing: V is orthogonal to W).
+            B = basis.with_locked(j + 1)
+            c = B.T @ w
             w_in = w
-            w = w - Vj @ h
+            w = w - B @ c
             beta = xp.linalg.vector_norm(w)
-            # Second Gram-Schmidt pass (CGS2) restores orthogonality lost to cancellation. On host
-            # arrays it runs only when needed (DGKS: the norm fell below 1/sqrt(2) of the input's,
-            # as in ARPACK and SLEPc), which halves the orthogonalisation traffic. On a device the
-            # test would be a host sync per matvec, so there both passes always run.
+            # Second pass (CGS2) restores orthogonality lost to cancellation, against W as against
+            # V. On host arrays it runs only when needed (DGKS: the norm fell below 1/sqrt(2) of
+            # the input's, as in ARPACK and SLEPc), which halves the orthogonalisation traffic. On a
+            # device the test would be a host sync per matvec, so there both passes always run.
             if not (isinstance(w, np.ndarray) and float(beta) > _DGKS_ETA * float(np.linalg.norm(w_in))):
-                h2 = Vj.T @ w
-                w = w - Vj @ h2
-                h = h + h2
+                c2 = B.T @ w
+                w = w - B @ c2
+                c = c + c2
                 beta = xp.linalg.vector_norm(w)
-            if locked is not None:
-                # Gram-Schmidt against V reintroduces V's rounding-level components along the locked
-                # vectors; without this pass they accumulate over restarts (Q^T Q off by 5e-12).
-                w = project(w)
-                beta = xp.linalg.vector_norm(w)
+            h = c[n_locked:]
             # A zero beta means an invariant subspace; it is detected on the host at the restart.
             safe = xp.where(beta > 0, beta, xp.asarray(1.0, dtype=xp.float64, device=_device(w)))
             basis.set(j + 1, w / safe)

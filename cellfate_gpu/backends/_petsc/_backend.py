@@ -226,7 +226,7 @@ class PetscBackend(Backend):
     def row_ids(self, indptr: Any, nnz: int | None = None) -> Any:
         return self._host.row_ids(indptr, nnz)
 
-    def spmm(self, A: Any, X: Any) -> Any:
+    def _spmm(self, A: Any, X: Any) -> Any:
         return self._host.spmm(A, X)
 
     def transpose(self, A: Any) -> Any:
