@@ -403,6 +403,29 @@ def test_schur_on_two_ranks_equals_dense(distribution):
 @pytest.mark.mpi
 @needs_mpi
 @needs_petsc
+def test_slepc_start_vector_is_the_same_for_any_number_of_ranks():
+    """SLEPc starts from our seeded host vector, split by rows, not from its rank-dependent random one.
+
+    (SLEPc's own start on two ranks lost a whole direction of a 300k-cell chain; docs/reliability.md.)
+    """
+    from cellfate_gpu.backends._petsc import PetscBackend
+    from cellfate_gpu.backends._petsc._eps import _start_vector
+
+    A = knn_transition(seed=2)
+    be = PetscBackend()
+    M, ranges = be._petsc_matrix(A)
+    try:
+        v = _start_vector(M, ranges, seed=3)
+        rows = be._gather_rows(v.getArray(readonly=True).reshape(-1, 1), ranges)[:, 0]
+        v.destroy()
+    finally:
+        M.destroy()
+    assert np.array_equal(rows, np.random.default_rng(3).standard_normal(A.shape[0]))
+
+
+@pytest.mark.mpi
+@needs_mpi
+@needs_petsc
 def test_replicated_mode_detects_different_matrices():
     from cellfate_gpu.backends._petsc import PetscBackend
 

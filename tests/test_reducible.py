@@ -178,6 +178,31 @@ def test_near_multiple_unit_eigenvalue_is_resolved(backend):
     _check_schur(T, res, backend, 7, 4)
 
 
+def test_a_failed_cluster_search_is_said_not_silent(log_messages):
+    """A search on the complement that does not converge ends the completion with a warning.
+
+    The first run (a single-vector run on the chain) holds some members of the four-fold
+    eigenvalue 1, so it shows a cluster; the search is made to fail, so the result keeps what it
+    had, counts the search's matvecs, and the log says so.
+    """
+    from cellfate_gpu.backends import SchurResult
+    from cellfate_gpu.linalg.krylov_schur import _krylov_schur, complete_clusters
+
+    T = nearly_reducible_chain([60, 50, 45, 40], 1e-14, seed=1)
+    be = get_backend("scipy")
+    first = _krylov_schur(be, T, 6, which="LR", tol=1e-12, maxiter=None, ncv=None, v0=None, seed=0)
+    assert first.status is Status.CONVERGED
+    assert int(np.sum(np.abs(np.asarray(first.eigenvalues) - 1) < 1e-10)) >= 2  # a cluster to complete
+
+    def failing(locked, p, attempt, scout):
+        return SchurResult(status=Status.MAX_ITER, iterations=1, matvecs=7, seconds=0.0, backend="scipy", which="LR")
+
+    done = complete_clusters(be, T, 6, first, failing, which="LR", exact=0)
+    assert np.array_equal(np.asarray(done.eigenvalues), np.asarray(first.eigenvalues))
+    assert done.matvecs == first.matvecs + 7
+    assert any("near-multiple eigenvalue" in m and "MAX_ITER" in m for m in log_messages)
+
+
 def test_left_eigenvectors_of_a_reducible_chain_are_the_stationary_distributions():
     T, closed, _ = reducible_chain([20, 12, 9], 10, seed=11)
     res = partial_eig(T, 5, which="LR", left=True)

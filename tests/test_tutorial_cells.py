@@ -368,3 +368,57 @@ def test_cytotrace_cells(tmp_path):
     np.testing.assert_allclose(adata.obs["ct_pseudotime"].to_numpy(), 1.0 - s, atol=1e-12)
     T = adata.obsp["T_fwd"]
     np.testing.assert_allclose(np.asarray(T.sum(1)).ravel(), 1.0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------- random walks
+# The CytoTRACE tutorial colours the cells by an obs column; the real-time tutorial starts the walks at
+# one time point given as a number ({"day": 0.0}) and keeps plot_single_flow's axes (show=False).
+WALK_CELLS = [
+    "tmk = RealTimeKernel.from_moscot(tp)\n"
+    'tmk.compute_transition_matrix(self_transitions="all", conn_weight=0.2, threshold="auto")',
+    'tmk.plot_random_walks(max_iter=500, start_ixs={"day": 0.0}, basis="force_directed", seed=0, dpi=150, size=30)',
+    'ctk = CytoTRACEKernel(adata).compute_cytotrace()\nctk.compute_transition_matrix(threshold_scheme="soft", nu=0.5)\n'
+    'ctk.plot_random_walks(n_sims=100, start_ixs={"Stage": "Root"}, basis="force_directed", color="Stage", '
+    'legend_loc="right", seed=1)',
+    'ctk.plot_random_walks(n_sims=20, start_ixs={"Stage": "Root"}, basis="force_directed", color="dpt_pseudotime", '
+    "seed=1)",
+    'ax = tmk.plot_single_flow(cluster_key="clusters", time_key="day", cluster="Root", min_flow=0.1, '
+    'xticks_step_size=4, show=False, clusters=["Root", "Progenitor", "Lineage_A_early"])\n'
+    "_ = ax.set_xticklabels(ax.get_xticklabels(), rotation=90)",
+]
+
+
+def test_random_walk_cells(tmp_path):
+    from cellfate_gpu.kernels import CytoTRACEKernel, RealTimeKernel
+
+    adata = _atlas()
+    adata.obs["day"] = pd.Categorical(pd.cut(adata.obs["pseudotime"], 4, labels=[0, 1, 2, 3]).astype(float))
+    adata.obs["Stage"] = adata.obs["clusters"]
+    adata.obsm["X_force_directed"] = adata.obsm["X_umap"]
+    ns = {"cr": cr, "adata": adata, "np": np, "tp": _TemporalProblem(adata, "day"), "_dataset": "atlas_walks"}
+    ns.update(RealTimeKernel=RealTimeKernel, CytoTRACEKernel=CytoTRACEKernel)
+    drawn = _run_cells(WALK_CELLS, ns, tmp_path)
+
+    # walks from day 0.0 start there: the start marks sit on day-0 cells only
+    ax = drawn[1][0].axes[0]
+    xy = adata.obsm["X_force_directed"][:, :2]
+    starts = ax.collections[-2].get_offsets()
+    on = (np.abs(xy[None] - np.asarray(starts)[:, None]).sum(-1) < 1e-9).any(0)
+    assert on.any() and set(adata.obs["day"][on].astype(float)) == {0.0}
+
+    # color="Stage": the cells drawn in the Stage colours, a legend entry per stage
+    ax = drawn[2][0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [str(c) for c in adata.obs["Stage"].cat.categories]
+    drawn_colors = {
+        matplotlib.colors.to_hex(c.get_facecolor()[0])
+        for c in ax.collections
+        if len(c.get_facecolor()) and len(c.get_offsets())
+    }
+    legend_colors = [matplotlib.colors.to_hex(h.get_color()) for h in ax.get_legend().legend_handles]
+    assert len(set(legend_colors)) == len(labels) and set(legend_colors) <= drawn_colors
+    assert "#d3d3d3" not in drawn_colors  # not the grey background of an uncoloured plot
+    # a continuous colouring gets a colour bar
+    assert len(drawn[3][0].axes) == 2
+    # show=False returns the axes, whose tick labels the cell rotates
+    assert all(t.get_rotation() == 90 for t in ns["ax"].get_xticklabels())

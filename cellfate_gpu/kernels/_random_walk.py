@@ -70,7 +70,8 @@ def resolve_cells(adata, selector: Any, *, what: str) -> np.ndarray:
             lo, hi = sorted(float(v) for v in values)
             ixs = np.flatnonzero(((col >= lo) & (col <= hi)).to_numpy())
         else:
-            values = [values] if isinstance(values, str) else list(values)
+            # one category (``{"day": 0.0}`` as in CellRank's real-time tutorial) or a list of them
+            values = list(values) if isinstance(values, (list, tuple, set, np.ndarray, pd.Index)) else [values]
             col = col.astype(str)
             unknown = sorted(set(map(str, values)) - set(col.unique()))
             if unknown:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from cellfate_gpu._logging import debug
+from cellfate_gpu._logging import debug, warning
 from cellfate_gpu.backends._results import SchurResult, Status
 from cellfate_gpu.linalg._schur_sort import order_schur, schur_eigenvalues, sort_key, split_safe
 
@@ -269,6 +269,7 @@ def complete_clusters(
         scout = search(Q, 1, attempt, True)
         matvecs += max(scout.matvecs, 0)
         if scout.Q is None or scout.status is not Status.CONVERGED:
+            _warn_incomplete(ev[members], scout.status)
             break
         floor = float(np.min(key(ev[members])))
         if key(np.asarray(scout.eigenvalues)[:1])[0] < floor - SCOUT_MARGIN * max(1.0, float(np.max(np.abs(ev)))):
@@ -276,6 +277,7 @@ def complete_clusters(
         extra = search(Q, 1, attempt, False)
         matvecs += max(extra.matvecs, 0)
         if extra.Q is None or extra.status is not Status.CONVERGED:
+            _warn_incomplete(ev[members], extra.status)
             break
         mu = np.asarray(extra.eigenvalues)
         if key(mu[:1])[0] <= key(ev[-1:])[0] + CLUSTER_TOL:
@@ -298,6 +300,18 @@ def complete_clusters(
     res = np.linalg.norm(backend.to_host(AQ - Q @ backend.asarray(R)), axis=0)
     return dataclasses.replace(
         result, Q=Q, R=R, eigenvalues=schur_eigenvalues(R), residual_norms=res, matvecs=matvecs + Q.shape[1]
+    )
+
+
+def _warn_incomplete(cluster: np.ndarray, status: Status) -> None:
+    """Say that a cluster may lack members because the search on the complement failed (not silent)."""
+    warning(
+        "Krylov-Schur: the search for missed members of a near-multiple eigenvalue (cluster of %d around %.12g) "
+        "ended with status %s; the Schur form is valid but may hold fewer members of that cluster than the "
+        "matrix has (raise maxiter, or compute more Schur vectors)",
+        cluster.size,
+        float(np.real(cluster[0])),
+        status.name,
     )
 
 

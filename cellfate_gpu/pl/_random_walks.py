@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from cellfate_gpu._logging import info
+from cellfate_gpu.pl._embedding import color_values, draw_cells, scanpy_kwargs
 
 __all__ = ["plot_random_walks"]
 
@@ -56,7 +57,9 @@ def plot_random_walks(
     ax
         Existing axes to draw into.
     kwargs
-        ``size`` (point size of the cells) and ``color`` (cell colour, default light grey).
+        ``color``: an ``obs`` column or gene colouring the cells (legend or colour bar as scanpy
+        draws them), or a matplotlib colour (default light grey); scanpy keywords such as
+        ``size``/``s``, ``legend_loc``, ``alpha``; others are logged as ignored.
 
     Returns
     -------
@@ -82,8 +85,16 @@ def plot_random_walks(
         fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     else:
         fig = ax.figure
-    size = kwargs.pop("size", max(120000 / max(len(emb), 1), 0.5) if len(emb) < 120000 else 0.5)
-    ax.scatter(emb[:, 0], emb[:, 1], s=size, c=kwargs.pop("color", "#d3d3d3"), linewidths=0, rasterized=True, zorder=1)
+    color = kwargs.pop("color", None)
+    opts = scanpy_kwargs(kwargs, len(emb), where="plot_random_walks")
+    size = opts.get("size", max(120000 / max(len(emb), 1), 0.5) if len(emb) < 120000 else 0.5)
+    if isinstance(color, str) and (color in kernel.adata.obs or color in kernel.adata.var_names):
+        # CellRank hands ``color`` to scvelo's scatter: cells coloured by an obs column or a gene
+        values, categorical, names, colors = color_values(kernel.adata, color)
+        draw_cells(ax, emb, values, categorical=categorical, names=names, colors=colors, opts=opts, basis=key)
+    else:
+        c = "#d3d3d3" if color is None else color
+        ax.scatter(emb[:, 0], emb[:, 1], s=size, c=c, linewidths=0, rasterized=True, zorder=1)
     info("Plotting random walks")
     for walk in walks:
         if walk.size < 2:
@@ -92,7 +103,7 @@ def plot_random_walks(
         segments = np.stack([points[:-1], points[1:]], axis=1)
         colors = cm(np.arange(len(segments)) / len(segments))
         ax.add_collection(LineCollection(segments, linewidths=linewidth, colors=colors, alpha=linealpha, zorder=2))
-    mark = max(float(size) * 4, 10.0)
+    mark = float(np.clip(float(size) * 2, 10.0, 60.0))  # start/stop marks readable at any size
     firsts = np.array([w[0] for w in walks])
     lasts = np.array([w[-1] for w in walks])
     ax.scatter(*emb[firsts].T, color=cm(0.0), edgecolors="black", s=mark, zorder=4, label="start")
