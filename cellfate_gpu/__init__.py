@@ -5,6 +5,7 @@ from cellfate_gpu import datasets as datasets
 from cellfate_gpu import estimators as estimators
 from cellfate_gpu import kernels as kernels
 from cellfate_gpu import linalg as linalg
+from cellfate_gpu import logging as logging
 from cellfate_gpu import models as models
 from cellfate_gpu import pl as pl
 from cellfate_gpu._settings import settings as settings

@@ -422,3 +422,14 @@ def test_random_walk_cells(tmp_path):
     assert len(drawn[3][0].axes) == 2
     # show=False returns the axes, whose tick labels the cell rotates
     assert all(t.get_rotation() == 90 for t in ns["ax"].get_xticklabels())
+
+
+def test_print_versions_cell(capsys):
+    """The last cell of every CellRank tutorial: ``cr.logging.print_versions()``."""
+    import numpy
+
+    import cellfate_gpu as cr
+
+    cr.logging.print_versions()
+    out = capsys.readouterr().out
+    assert f"numpy=={numpy.__version__}" in out and "cellfate_gpu==" in out and out.startswith("python==")
