@@ -259,18 +259,45 @@ class SplineFit:
         return self.family.mu(np, eta[:, :, None] + z * sd[:, :, None])
 
 
-def _initial_coef(xp: Any, family: Family, B: Any, Y: Any, Minit_inv: Any, *, gene_major: bool) -> Any:
+def _pirls_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""The sample weights as pygam uses them: ``float32``, and their reciprocal rounded to ``float32``.
+
+    pygam casts the weights to ``float32`` and forms the PIRLS weight as
+    :math:`\omega = (g'(\mu)^2 V(\mu)\, \mathrm{fl}_{32}(1/w))^{-1}`, the reciprocal taken in ``float32``; its
+    scale estimate uses the ``float32`` weights themselves. Returns ``(w32, 1 / fl32(1 / w32))`` as ``float64``
+    (zero weights give zero; pygam masks those rows).
+    """
+    w32 = np.asarray(w, dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        return w32.astype(np.float64), 1.0 / np.reciprocal(w32).astype(np.float64)
+
+
+def _initial_solve(gram0: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    r"""The start :math:`(B^\top B + \sqrt\epsilon I)^{-1} B^\top L` by an LU solve on the host, as pygam.
+
+    The B-splines sum to one, as does the intercept column, so :math:`B^\top B` is singular and only
+    :math:`\sqrt\epsilon` loads it (condition about :math:`10^{13}` at :math:`10^5` cells). A solve is
+    backward stable: its error lies along the null direction, which :math:`B\beta` does not see. An
+    explicit inverse is not: it puts errors of relative size up to :math:`\epsilon\,\kappa \approx 10^{-3}`
+    into :math:`B\beta`, a different start that can move a gene's stop by one iteration.
+    """
+    return np.linalg.solve(gram0, rhs)
+
+
+def _initial_coef(be: Any, family: Family, B: Any, Y: Any, gram0: np.ndarray, *, gene_major: bool) -> Any:
     """Start as pygam does: tiny coefficients for LinearGAM, else an unpenalised fit on the link scale."""
+    xp = be.xp
     m, g = B.shape[1], (Y.shape[0] if gene_major else Y.shape[1])
     if family.is_linear:
         return xp.full((m, g), _SQRT_EPS, dtype=xp.float64)
     Yc = xp.where(Y == 0.0, Y + 0.01, Y)
     Yc = xp.where(Yc == 1.0, Yc - 0.01, Yc)
     L = family.eta(xp, Yc)
-    return Minit_inv @ ((L @ B) if gene_major else (L.T @ B)).T
+    rhs = be.to_host(((L @ B) if gene_major else (L.T @ B)).T)
+    return be.asarray(_initial_solve(gram0, rhs), dtype=xp.float64)
 
 
-def _sparse_log_link_pirls(be, xp, Yt, Bh, omega_h, Minv_h, gram, bw_h, Minit_inv_h, *, max_iter, tol, w64):
+def _sparse_log_link_pirls(be, xp, Yt, Bh, omega_h, Minv_h, gram, bw_h, gram0_h, *, max_iter, tol, w64):
     r"""Gamma/log PIRLS on sparse expression: the exponential is only evaluated where :math:`y \ne 0`.
 
     :math:`B^\top W z = (B^\top W B)\beta - B^\top w + (W B)^\top (y \odot e^{-B\beta})`, and
@@ -305,7 +332,7 @@ def _sparse_log_link_pirls(be, xp, Yt, Bh, omega_h, Minv_h, gram, bw_h, Minit_in
     base = np.log(0.01)
     L = sp.csr_matrix((np.log(data) - base, Yt.indices, Yt.indptr), shape=Yt.shape)
     LB = base * np.broadcast_to(Bh.sum(0), (g, m)) + L @ Bh
-    c = be.asarray(Minit_inv_h @ LB.T, dtype=xp.float64)
+    c = be.asarray(_initial_solve(gram0_h, np.ascontiguousarray(LB.T)), dtype=xp.float64)
     Yh, pos, parts = upload(Yt)
     idx = np.arange(g)
     coef_h = np.empty((m, g))
@@ -359,7 +386,7 @@ def fit_splines(
     Y
         ``(n, g)`` responses, host (NumPy / SciPy sparse) or already on ``backend``.
     w
-        ``(n,)`` sample weights; cast to ``float32`` first, as pygam does.
+        ``(n,)`` sample weights; rounded to ``float32`` as pygam does (see :func:`_pirls_weights`).
     basis, family, penalty
         Model matrix builder, distribution/link, ``(m, m)`` penalty without the :math:`\sqrt\epsilon` load.
     max_iter, tol
@@ -378,23 +405,23 @@ def fit_splines(
     n = int(np.asarray(x).size)
     if Y.shape[0] != n or np.asarray(w).size != n:
         raise ValueError(f"x has {n} cells but Y has shape {Y.shape} and w {np.asarray(w).shape}.")
-    w64 = np.asarray(w, dtype=np.float32).astype(np.float64)
+    w64, w_pirls = _pirls_weights(w)
     Bh = basis(x)
     m = Bh.shape[1]
     E = np.asarray(penalty, dtype=np.float64) + _SQRT_EPS * np.eye(m)
     import scipy.sparse as sp
 
     if sp.issparse(Y) and family.constant_weights and family.link == "log":
-        keep = (np.sqrt(w64) >= _SQRT_EPS) & np.isfinite(w64)
-        omega_h = np.where(keep, w64, 0.0)
+        keep = (np.sqrt(w_pirls) >= _SQRT_EPS) & np.isfinite(w_pirls)
+        omega_h = np.where(keep, w_pirls, 0.0)
         gram = Bh.T @ (omega_h[:, None] * Bh)
         Minv_h = np.linalg.inv(gram + E)
-        Minit_inv_h = np.linalg.inv(Bh.T @ Bh + _SQRT_EPS * np.eye(m))
+        gram0_h = Bh.T @ Bh + _SQRT_EPS * np.eye(m)
         Yt = sp.csr_matrix(Y.T, dtype=np.float64)
         Yt.sum_duplicates()
         Yt.eliminate_zeros()
         coef_h, n_iter, active, resid = _sparse_log_link_pirls(
-            be, xp, Yt, Bh, omega_h, Minv_h, gram, omega_h @ Bh, Minit_inv_h, max_iter=max_iter, tol=tol, w64=w64
+            be, xp, Yt, Bh, omega_h, Minv_h, gram, omega_h @ Bh, gram0_h, max_iter=max_iter, tol=tol, w64=w64
         )
         g = Yt.shape[0]
         A = np.broadcast_to(Minv_h @ gram, (g, m, m))
@@ -419,13 +446,12 @@ def fit_splines(
     Yd = be.asarray(np.ascontiguousarray(np.asarray(Y).T) if gene_major else Y, dtype=xp.float64)
     g = Yd.shape[0] if gene_major else Yd.shape[1]
     # pygam drops rows whose PIRLS weight sqrt(omega) is below sqrt(eps) or not finite.
-    wd = be.asarray(w64, dtype=xp.float64)
-    Minit_inv = be.asarray(np.linalg.inv(Bh.T @ Bh + _SQRT_EPS * np.eye(m)), dtype=xp.float64)
-    coef = _initial_coef(xp, family, B, Yd, Minit_inv, gene_major=gene_major)
+    wd, wp = be.asarray(w64, dtype=xp.float64), be.asarray(w_pirls, dtype=xp.float64)
+    coef = _initial_coef(be, family, B, Yd, Bh.T @ Bh + _SQRT_EPS * np.eye(m), gene_major=gene_major)
     Ed = be.asarray(E, dtype=xp.float64)
     if family.constant_weights:
-        keep = (np.sqrt(w64) >= _SQRT_EPS) & np.isfinite(w64)
-        omega_h = np.where(keep, w64, 0.0)
+        keep = (np.sqrt(w_pirls) >= _SQRT_EPS) & np.isfinite(w_pirls)
+        omega_h = np.where(keep, w_pirls, 0.0)
         gram = Bh.T @ (omega_h[:, None] * Bh)
         Minv_h = np.linalg.inv(gram + E)
         Minv = be.asarray(Minv_h, dtype=xp.float64)
@@ -455,7 +481,7 @@ def fit_splines(
             eta = B @ c
             mu = family.mu(xp, eta)
             z = eta + (Ya - mu) * family.dlink(xp, mu)
-            om = wd[:, None] / (family.dlink(xp, mu) ** 2 * family.variance(xp, mu))
+            om = wp[:, None] / (family.dlink(xp, mu) ** 2 * family.variance(xp, mu))
             om = xp.where(xp.isfinite(om) & (xp.sqrt(om) >= _SQRT_EPS), om, 0.0)
             om = xp.where(xp.isfinite(z), om, 0.0)
             z = xp.where(om > 0, z, 0.0)
